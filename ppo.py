@@ -1,0 +1,420 @@
+"""PPO for language models, driven by per-token rewards.
+
+One file, top to bottom, in the spirit of CleanRL's ppo.py, adapted to causal LMs:
+
+    1. rollout   sample a response per prompt (KV-cached loop), then recompute the log-probs
+                 of the response under the policy and a frozen reference, and the values
+    2. rewards   the caller's per-token rewards (B, T) minus a per-token KL penalty
+    3. GAE       advantages and returns over masked, variable-length responses
+    4. update    several epochs of clipped PPO over shuffled minibatches
+
+References:
+- Schulman et al. 2017, "Proximal Policy Optimization Algorithms" (clipped objective).
+- Schulman et al. 2016, "High-Dimensional Continuous Control Using GAE" (advantages).
+- Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences" (per-token KL
+  penalty, adaptive KL controller).
+- Huang et al. 2022, "The 37 Implementation Details of PPO" and Huang et al. 2024, "The N
+  Implementation Details of RLHF with PPO" (whitening, value clipping, Adam eps, dropout off).
+- Schulman 2020, "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html (k1, k3).
+
+Shapes: B responses, P prompt length (left-padded), T longest response (right-padded).
+`response_mask (B, T)` is 1 on real response tokens up to and including EOS; every per-token
+tensor is zero outside it.
+"""
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class PPOConfig:
+    batch_size: int = 64
+    """prompts per PPO iteration (the caller samples this many)"""
+    minibatch_size: int = 16
+    """responses per gradient step"""
+    ppo_epochs: int = 4
+    """passes over the batch per iteration"""
+    learning_rate: float = 2e-4
+    """AdamW learning rate, shared by the policy and the value head"""
+    gamma: float = 1.0
+    """discount; 1 keeps every return equal to the undiscounted sum of rewards"""
+    lam: float = 0.95
+    """GAE lambda (Schulman et al. 2016)"""
+    clip_range: float = 0.2
+    """PPO ratio clip epsilon (Schulman et al. 2017)"""
+    clip_range_value: float = 0.2
+    """how far a new value may move from the old one before its loss is clipped"""
+    vf_coef: float = 0.1
+    """weight of the value loss in the joint loss"""
+    entropy_coef: float = 0.0
+    """weight of the entropy bonus (0: entropy is only logged)"""
+    max_grad_norm: float = 1.0
+    """global gradient-norm clip"""
+    kl_coef: float = 0.05
+    """(initial) coefficient of the per-token KL penalty"""
+    kl_estimator: str = "k1"
+    """per-token KL estimator for the penalty: "k1" (logp - logp_ref) or "k3" (Schulman 2020)"""
+    target_kl: float | None = None
+    """target sequence KL for the adaptive controller (Ziegler et al. 2019); None: fixed kl_coef"""
+    kl_horizon: int = 10000
+    """adaptive controller horizon, in responses"""
+    temperature: float = 1.0
+    """sampling temperature; log-probs are recomputed with the same temperature"""
+    top_k: int = 0
+    """sample among the k most likely tokens (0: off)"""
+    top_p: float = 1.0
+    """nucleus sampling mass (1.0: off)"""
+    min_new_tokens: int = 4
+    """EOS is blocked before this many response tokens"""
+    max_new_tokens: int = 16
+    """longest response; a response that reaches it ends without EOS"""
+    whiten_advantages: bool = True
+    """normalise advantages over the batch's real tokens"""
+    device: str = "auto"
+    """"auto" (cuda if available, else cpu), "cpu" or "cuda" """
+    bf16: bool = False
+    """bfloat16 autocast for forward passes (cuda only)"""
+    seed: int = 0
+    """seeds the value head, sampling and minibatch shuffling"""
+
+    def __post_init__(self):
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"kl_estimator={self.kl_estimator!r}, expected 'k1' or 'k3'")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens or self.max_new_tokens < 1:
+            raise ValueError(f"need 0 <= min_new_tokens ({self.min_new_tokens}) <= "
+                             f"max_new_tokens ({self.max_new_tokens}), max_new_tokens >= 1")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature}, expected > 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p}, expected in (0, 1]")
+        if self.top_k < 0 or self.minibatch_size < 1 or self.ppo_epochs < 1:
+            raise ValueError(f"top_k={self.top_k}, minibatch_size={self.minibatch_size}, "
+                             f"ppo_epochs={self.ppo_epochs}: expected >= 0, >= 1, >= 1")
+        if self.target_kl is not None and self.target_kl <= 0:
+            raise ValueError(f"target_kl={self.target_kl}, expected > 0 or None")
+
+
+@dataclass
+class Rollout:
+    """Everything one iteration sampled, on the trainer's device."""
+    prompt_ids: torch.Tensor       # (B, P) left-padded
+    prompt_mask: torch.Tensor      # (B, P)
+    response_ids: torch.Tensor     # (B, T) pad after EOS
+    response_mask: torch.Tensor    # (B, T) 1 up to and including EOS
+    logprobs: torch.Tensor         # (B, T) log pi_old(y_t | x, y_<t)
+    ref_logprobs: torch.Tensor     # (B, T) log pi_ref(y_t | x, y_<t)
+    values: torch.Tensor           # (B, T) V(x, y_<t)
+    generation_seconds: float      # time spent sampling
+    forward_seconds: float         # time spent in the two log-prob forwards
+
+
+# ---------------------------------------------------------------------------------------
+# Masked tensor helpers
+# ---------------------------------------------------------------------------------------
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the positions where mask is 1: sum(x * m) / sum(m)."""
+    return (x * mask).sum() / mask.sum()
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Population variance of x over the positions where mask is 1."""
+    return masked_mean((x - masked_mean(x, mask)) ** 2, mask)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(x - mu) / sqrt(var + 1e-8) with mu, var over the real positions only; 0 elsewhere."""
+    return (x - masked_mean(x, mask)) * torch.rsqrt(masked_var(x, mask) + 1e-8) * mask
+
+
+def sparse_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """r_t = R [t == T_i]: each sequence score on its response's last real token (never a pad)."""
+    if scores.shape != response_mask.shape[:1]:
+        raise ValueError(f"scores of shape {tuple(scores.shape)} do not match "
+                         f"response_mask of shape {tuple(response_mask.shape)}: expected (B,)")
+    last = response_mask.sum(dim=1).long() - 1                                  # (B,)
+    if (last < 0).any():
+        raise ValueError("a response has no real token: response_mask has an all-zero row")
+    rewards = torch.zeros(response_mask.shape, dtype=torch.float32, device=response_mask.device)
+    rewards[torch.arange(len(last), device=last.device), last] = scores.float()
+    return rewards
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor,
+        gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016), one reverse scan over T.
+
+        delta_t = r_t + gamma V_{t+1} - V_t
+        A_t     = delta_t + gamma lam A_{t+1}
+        returns = A_t + V_t
+
+    The episode ends at the last real token (EOS or max_new_tokens): V and A after it are 0.
+    Pads carry r = V = 0, so they add nothing. Returns (advantages, returns), both (B, T).
+    """
+    rewards, values = rewards * response_mask, values * response_mask
+    next_value = torch.zeros_like(values[:, 0])                                 # (B,)
+    next_advantage = torch.zeros_like(values[:, 0])                             # (B,)
+    advantages = []
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = delta + gamma * lam * next_advantage
+        next_value = values[:, t]
+        advantages.append(next_advantage)
+    advantages = torch.stack(advantages[::-1], dim=1) * response_mask           # (B, T)
+    return advantages, advantages + values
+
+
+# ---------------------------------------------------------------------------------------
+# Forward passes: sampling and log-probs
+# ---------------------------------------------------------------------------------------
+
+def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """position_ids = cumsum(mask) - 1, clamped at 0: each row's first real token sits at 0."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask,
+                      temperature: float = 1.0, value_head: nn.Module | None = None):
+    """One forward over [prompt; response] -> log pi(y_t | x, y_<t), entropy, V(x, y_<t).
+
+    The state before response token t sits at position P - 1 + t, so the T states that
+    predict the response are hidden[:, P-1 : P+T-1]. Logits are divided by the sampling
+    temperature, so the log-probs are those of the distribution the tokens were drawn from.
+    Returns (logprobs, entropy, values), each (B, T) and zero outside response_mask;
+    values is None without a value head.
+    """
+    P, T = prompt_ids.shape[1], response_ids.shape[1]
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)                   # (B, P+T)
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)            # (B, P+T)
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=left_padded_positions(attention_mask)).last_hidden_state
+    hidden = hidden[:, P - 1:P + T - 1]                                          # (B, T, H)
+    logits = model.get_output_embeddings()(hidden).float() / temperature        # (B, T, V)
+    all_logprobs = F.log_softmax(logits, dim=-1)                                # (B, T, V)
+    logprobs = all_logprobs.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    entropy = -(all_logprobs.exp() * all_logprobs).sum(dim=-1)                  # (B, T)
+    values = None if value_head is None else value_head(hidden).squeeze(-1).float() * response_mask
+    return logprobs * response_mask, entropy * response_mask, values
+
+
+@torch.no_grad()
+def sample(model, prompt_ids, prompt_mask, config: PPOConfig, pad_token_id: int,
+           eos_token_id: int, greedy: bool = False, generator: torch.Generator | None = None):
+    """Autoregressive sampling with a KV cache from left-padded prompts.
+
+    Each step feeds one token with its own position (last position + 1) and the grown
+    attention mask. EOS is forbidden before min_new_tokens; after a row's EOS it gets
+    pad_token_id. Returns response_ids (B, T) and response_mask (B, T), T <= max_new_tokens.
+    """
+    batch = prompt_ids.shape[0]
+    attention_mask = prompt_mask.long()
+    positions = left_padded_positions(attention_mask)                           # (B, P)
+    out = model(input_ids=prompt_ids, attention_mask=attention_mask, position_ids=positions,
+                use_cache=True, logits_to_keep=1)
+    next_position = positions[:, -1:] + 1                                       # (B, 1)
+    done = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
+    tokens, masks = [], []
+    for step in range(config.max_new_tokens):
+        logits = out.logits[:, -1].float() / config.temperature                  # (B, V)
+        if step < config.min_new_tokens:
+            logits[:, eos_token_id] = -float("inf")
+        if greedy:
+            token = logits.argmax(dim=-1)
+        else:
+            probs = F.softmax(filter_top_k_top_p(logits, config.top_k, config.top_p), dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        masks.append(~done)
+        token = token.masked_fill(done, pad_token_id)
+        tokens.append(token)
+        done = done | (token == eos_token_id)
+        if done.all():
+            break
+        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=attention_mask,
+                    position_ids=next_position, past_key_values=out.past_key_values,
+                    use_cache=True)
+        next_position = next_position + 1
+    return torch.stack(tokens, dim=1), torch.stack(masks, dim=1).long()
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set to -inf every logit outside the top k and outside the smallest set of mass >= top_p."""
+    if top_k > 0:
+        kth_best = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, -float("inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        sorted_probs = F.softmax(sorted_logits, dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs                 # (B, V)
+        remove = (mass_before > top_p).scatter(-1, order, mass_before > top_p)
+        logits = logits.masked_fill(remove, -float("inf"))
+    return logits
+
+
+def clock(device: torch.device) -> float:
+    """Wall time, after waiting for queued GPU work so phases are timed honestly."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+# ---------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------
+
+class PPOTrainer:
+    """Holds the policy, its frozen reference, the value head, the optimiser and the KL coef."""
+
+    def __init__(self, policy, config: PPOConfig, pad_token_id: int, eos_token_id: int,
+                 ref_policy=None):
+        if config.device == "auto":
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            self.device = torch.device(config.device)
+        if config.bf16 and self.device.type != "cuda":
+            raise ValueError(f"bf16=True needs a cuda device, got device={self.device}")
+        self.config, self.pad_token_id, self.eos_token_id = config, pad_token_id, eos_token_id
+        self.kl_coef = config.kl_coef
+        # Dropout off: a dropout mask would make pi_old != pi_theta before any update
+        # (N implementation details of RLHF, detail "disable dropout").
+        self.policy = policy.to(self.device).eval()
+        reference = copy.deepcopy(policy) if ref_policy is None else ref_policy
+        self.ref_policy = reference.to(self.device).eval().requires_grad_(False)
+        torch.manual_seed(config.seed)
+        self.value_head = nn.Linear(policy.config.hidden_size, 1).to(self.device)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed)
+        self.parameters = list(self.policy.parameters()) + list(self.value_head.parameters())
+        # Adam eps 1e-5 (37 implementation details, detail 3).
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, eps=1e-5)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
+
+    def generate(self, prompt_ids, prompt_mask, greedy: bool = False):
+        """Sample (or greedily decode) responses; CPU tensors in, CPU tensors out."""
+        with self.autocast():
+            response_ids, response_mask = sample(
+                self.policy, prompt_ids.to(self.device), prompt_mask.to(self.device), self.config,
+                self.pad_token_id, self.eos_token_id, greedy, self.generator)
+        return response_ids.cpu(), response_mask.cpu()
+
+    # --- 1. rollout -----------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, prompt_ids, prompt_mask) -> Rollout:
+        """Sample responses, then old log-probs + values (one forward) and ref log-probs."""
+        prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
+        start = clock(self.device)
+        with self.autocast():
+            response_ids, response_mask = sample(
+                self.policy, prompt_ids, prompt_mask, self.config, self.pad_token_id,
+                self.eos_token_id, generator=self.generator)
+        generated = clock(self.device)
+        with self.autocast():
+            batch = (prompt_ids, prompt_mask, response_ids, response_mask, self.config.temperature)
+            logprobs, _, values = response_logprobs(self.policy, *batch, value_head=self.value_head)
+            ref_logprobs, _, _ = response_logprobs(self.ref_policy, *batch)
+        return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, logprobs,
+                       ref_logprobs, values, generation_seconds=generated - start,
+                       forward_seconds=clock(self.device) - generated)
+
+    # --- 2-4. rewards, GAE, PPO epochs ------------------------------------------------
+    def update(self, rollout: Rollout, token_rewards: torch.Tensor,
+               scores: torch.Tensor | None = None) -> dict[str, float]:
+        """One PPO iteration on a rollout; token_rewards (B, T) come from the caller."""
+        config, mask = self.config, rollout.response_mask.float()
+        if token_rewards.shape != mask.shape:
+            raise ValueError(f"token_rewards of shape {tuple(token_rewards.shape)}, expected "
+                             f"the response shape {tuple(mask.shape)}")
+        token_rewards = token_rewards.to(self.device, torch.float32)
+        if (token_rewards * (1 - mask)).abs().max() > 0:
+            raise ValueError("token_rewards must be zero outside response_mask (after EOS)")
+        start = clock(self.device)
+
+        # 2. Per-token KL penalty (Ziegler et al. 2019): r_t - kl_coef * KL_t, with
+        #    k1 = log(pi/pi_ref), or k3 = (ratio - 1) - log(ratio), ratio = pi_ref/pi (Schulman 2020).
+        log_ratio_ref = (rollout.logprobs - rollout.ref_logprobs) * mask           # (B, T)
+        if config.kl_estimator == "k1":
+            kl_penalty = log_ratio_ref
+        else:
+            kl_penalty = ((-log_ratio_ref).exp() - 1 + log_ratio_ref) * mask
+        rewards = token_rewards - self.kl_coef * kl_penalty                       # (B, T)
+
+        # 3. GAE, then whitening over real tokens (37 details, detail 7).
+        advantages, returns = gae(rewards, rollout.values, mask, config.gamma, config.lam)
+        if config.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+
+        # 4. PPO epochs over shuffled minibatches (Schulman et al. 2017).
+        batch_size = mask.shape[0]
+        minibatch_stats = []
+        for epoch in range(config.ppo_epochs):
+            order = torch.randperm(batch_size, generator=self.generator, device=self.device)
+            for start_row in range(0, batch_size, config.minibatch_size):
+                rows = order[start_row:start_row + config.minibatch_size]
+                mb_mask = mask[rows]
+                with self.autocast():
+                    logprobs, entropy, values = response_logprobs(
+                        self.policy, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
+                        rollout.response_ids[rows], rollout.response_mask[rows],
+                        config.temperature, self.value_head)
+                # Clipped surrogate: max(-A r, -A clip(r, 1 - eps, 1 + eps)), r = pi / pi_old.
+                log_ratio = (logprobs - rollout.logprobs[rows]) * mb_mask
+                ratio = log_ratio.exp()
+                mb_advantages = advantages[rows]
+                policy_loss = masked_mean(torch.max(
+                    -mb_advantages * ratio,
+                    -mb_advantages * ratio.clamp(1 - config.clip_range, 1 + config.clip_range)), mb_mask)
+                # Clipped value loss (37 details, detail 9): 0.5 max((V - G)^2, (V_clip - G)^2).
+                old_values, mb_returns = rollout.values[rows], returns[rows]
+                values_clipped = old_values + (values - old_values).clamp(
+                    -config.clip_range_value, config.clip_range_value)
+                value_loss = 0.5 * masked_mean(torch.max(
+                    (values - mb_returns) ** 2, (values_clipped - mb_returns) ** 2), mb_mask)
+                mean_entropy = masked_mean(entropy, mb_mask)
+                loss = policy_loss + config.vf_coef * value_loss - config.entropy_coef * mean_entropy
+
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.parameters, config.max_grad_norm)
+                self.optimizer.step()
+                with torch.no_grad():
+                    minibatch_stats.append(torch.stack([
+                        policy_loss, value_loss, mean_entropy.detach(),
+                        masked_mean(((ratio - 1).abs() > config.clip_range).float(), mb_mask),
+                        masked_mean(ratio - 1 - log_ratio, mb_mask),              # k3 of pi_old vs pi
+                        ((ratio - 1) * mb_mask).abs().max()]).detach())
+
+        # Adaptive KL controller (Ziegler et al. 2019): beta *= 1 + clip(KL/target - 1, +-0.2) n/H.
+        sequence_kl = log_ratio_ref.sum(dim=1).mean().item()
+        kl_coef_used = self.kl_coef
+        if config.target_kl is not None:
+            error = min(max(sequence_kl / config.target_kl - 1, -0.2), 0.2)
+            self.kl_coef *= 1 + error * batch_size / config.kl_horizon
+
+        # Statistics: one float each.
+        means = torch.stack(minibatch_stats).mean(dim=0).tolist()
+        stats = {
+            "kl": sequence_kl,
+            "kl_coef": kl_coef_used,
+            "policy_loss": means[0],
+            "value_loss": means[1],
+            "entropy": means[2],
+            "clip_fraction": means[3],
+            "approx_kl": means[4],
+            # max |pi/pi_old - 1| on the first minibatch of the first epoch: 0 up to float
+            # rounding, or the log-prob recomputation does not match the sampling.
+            "first_ratio_error": minibatch_stats[0][5].item(),
+            "explained_variance": (1 - masked_var(returns - rollout.values, mask)
+                                   / masked_var(returns, mask)).item(),
+            "response_length": mask.sum(dim=1).mean().item(),
+            "time_generation": rollout.generation_seconds,
+            "time_forward": rollout.forward_seconds,
+            "time_update": clock(self.device) - start,
+        }
+        if scores is not None:
+            stats["score"] = scores.float().mean().item()
+        return stats
