@@ -1,0 +1,134 @@
+"""Turn one sequence reward R into per-token rewards r'_t that still sum to R.
+
+Each credit component c^k spreads R over the response tokens in its own way and sums to R
+exactly (DESIGN.md section 4); for response i with T_i real tokens:
+
+    sparse     c_t = R [t == T_i]                      (standard RLHF)
+    uniform    c_t = R / T_i
+    attention  c_t = alpha_t R                         (ABC, Chan et al. 2024)
+    shap       c_t = phi_t  + (R - sum_j phi_j)  [t == T_i]
+    lime       c_t = beta_t + (R - sum_j beta_j) [t == T_i]
+
+The shaped reward mixes them with weights on the simplex (Koo et al. 2025, r' = W^T E r):
+
+    r'_t = sum_k w_k c^k_t,   w_k >= 0,  sum_k w_k = 1   =>   sum_t r'_t = R
+
+so every trajectory keeps its undiscounted return and the optimal policy of R is kept
+(gamma = 1). ABC is shape(components, {"attention": 0.8, "sparse": 0.2}).
+"""
+import torch
+
+COMPONENTS = ("sparse", "uniform", "attention", "shap", "lime")
+ATTRIBUTIONS = ("attention", "shap", "lime")  # the components computed from an explanation
+SIMPLEX_TOLERANCE = 1e-6
+
+
+def check_finite(scores: torch.Tensor, what: str) -> None:
+    """ValueError naming the first response whose score is NaN or infinite."""
+    bad = (~torch.isfinite(scores)).nonzero()
+    if len(bad):
+        raise ValueError(f"{what} of response {int(bad[0])} is {scores[int(bad[0])].item()}; expected a finite number")
+
+
+def check_weights(weights: dict[str, float]) -> None:
+    """Weights must name known components and lie on the simplex: w_k >= 0, sum_k w_k = 1 (within 1e-6)."""
+    unknown = sorted(set(weights) - set(COMPONENTS))
+    if unknown:
+        raise ValueError(f"unknown credit component(s) {unknown}; expected names among {COMPONENTS}")
+    values = torch.tensor([float(w) for w in weights.values()], dtype=torch.float64)
+    if len(values) == 0 or not torch.isfinite(values).all() or (values < 0).any() \
+            or abs(values.sum().item() - 1) > SIMPLEX_TOLERANCE:
+        raise ValueError(f"weights {weights} are not on the simplex; expected finite values >= 0 "
+                         f"summing to 1 (within {SIMPLEX_TOLERANCE})")
+
+
+def rcfd_scores(scores: torch.Tensor, demo_scores: torch.Tensor) -> torch.Tensor:
+    """RCfD sequence reward (Rita et al. 2024): R_cfd(x, y) = -(f(x, y) - f(x, y_demo))^2.
+
+    The reward peaks when the response scores like the prompt's demonstration, so the policy
+    is pulled towards the demonstrations' reward level instead of exploiting the RM. It works
+    with every component: pass R_cfd as `scores` to `credit_components`. For SHAP and LIME to
+    explain the calibrated score itself (not f), explain a wrapped reward function that maps
+    each prompt to its demonstration score computed once:
+
+        demo = dict(zip(prompts, reward_fn(prompts, [demonstrations[p] for p in prompts])))
+        rcfd_fn = lambda ps, rs: rcfd_scores(reward_fn(ps, rs), torch.stack([demo[p] for p in ps]))
+
+    Then phi sums to R_cfd(full) - R_cfd(all masked) and the residual keeps conservation.
+    """
+    scores, demo_scores = torch.as_tensor(scores), torch.as_tensor(demo_scores)
+    if scores.shape != demo_scores.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and demo_scores {tuple(demo_scores.shape)} "
+                         "must have the same shape, one demonstration score per response")
+    return -(scores - demo_scores) ** 2
+
+
+def normalize_scores(scores: torch.Tensor, attributions: dict[str, torch.Tensor] = {}
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Whiten R over the batch, R~ = (R - mean) / std, and scale SHAP/LIME by the same 1/std.
+
+    Conservation still holds after shaping: phi / std sums to (f(full) - f(masked)) / std,
+    and the residual R~ - sum phi / std absorbs the shift by the mean. Attention weights are
+    fractions of R and stay as they are. A batch whose scores are all equal (std = 0, e.g.
+    a single response) is only centred.
+    """
+    check_finite(scores, "the score")
+    unknown = sorted(set(attributions) - set(ATTRIBUTIONS))
+    if unknown:
+        raise ValueError(f"unknown attribution(s) {unknown}; expected names among {ATTRIBUTIONS}")
+    std = scores.std(unbiased=False) if len(scores) > 1 else torch.tensor(0.0)
+    scale = std if std > 0 else torch.tensor(1.0)
+    scaled = {name: values if name == "attention" else values / scale for name, values in attributions.items()}
+    return (scores - scores.mean()) / scale, scaled
+
+
+def credit_components(scores: torch.Tensor, response_mask: torch.Tensor,
+                      attributions: dict[str, torch.Tensor] = {}) -> dict[str, torch.Tensor]:
+    """Every available credit component (B, T), each summing to R per response, zero outside the mask.
+
+    Always "sparse" and "uniform"; plus one per attribution given: "attention" (alpha >= 0,
+    renormalised to sum 1 over the response) and "shap"/"lime" (phi, beta in reward units,
+    completed by the residual on the last real token). A response whose attention is all
+    zero gets the sparse credit: no information about the tokens, so no redistribution
+    (SHAP/LIME rows of zeros reduce to sparse the same way, through the residual).
+    """
+    scores = torch.as_tensor(scores, dtype=torch.float32)
+    if scores.ndim != 1 or response_mask.ndim != 2 or response_mask.shape[0] != scores.shape[0]:
+        raise ValueError(f"scores {tuple(scores.shape)} and response_mask {tuple(response_mask.shape)}; "
+                         "expected (B,) and (B, T)")
+    check_finite(scores, "the score")
+    mask = response_mask.float()
+    lengths = mask.sum(1)
+    if (lengths == 0).any():
+        raise ValueError(f"response {int((lengths == 0).nonzero()[0])} has no real token (empty mask row)")
+    last = torch.zeros_like(mask).scatter_(1, (mask.cumsum(1).argmax(1, keepdim=True)), 1.0)  # (B, T) 1 on T_i
+    components = {"sparse": scores[:, None] * last, "uniform": scores[:, None] * mask / lengths[:, None]}
+    for name, values in attributions.items():
+        if name not in ATTRIBUTIONS:
+            raise ValueError(f"unknown attribution {name!r}; expected one of {ATTRIBUTIONS}")
+        if values.shape != mask.shape:
+            raise ValueError(f"attribution {name!r} has shape {tuple(values.shape)}; expected {tuple(mask.shape)}")
+        values = values.float() * mask
+        check_finite(values.sum(1), f"the {name} attribution")
+        if name == "attention":
+            if (values < 0).any():
+                raise ValueError("attention weights must be >= 0; got a negative value")
+            total = values.sum(1, keepdim=True)
+            alpha = torch.where(total > 0, values / total.clamp_min(1e-30), last)
+            components[name] = alpha * scores[:, None]
+        else:
+            components[name] = values + (scores - values.sum(1))[:, None] * last
+    return components
+
+
+def shape(components: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """r'_t = sum_k w_k c^k_t (B, T) for weights on the simplex (Koo et al. 2025, W^T E r).
+
+    A component with weight 0 may be absent; a positive weight on an absent one is an error.
+    """
+    check_weights(weights)
+    missing = sorted(name for name, weight in weights.items() if weight > 0 and name not in components)
+    if missing:
+        raise ValueError(f"weights for {missing}, which were not computed; available: {sorted(components)}")
+    used = [(name, float(weight)) for name, weight in weights.items() if weight > 0]
+    return sum(weight * components[name] for name, weight in used)
