@@ -9,12 +9,12 @@ One file, top to bottom, in the spirit of CleanRL's ppo.py, adapted to causal LM
     4. update    several epochs of clipped PPO over shuffled minibatches
 
 References:
-- Schulman et al. 2017, "Proximal Policy Optimization Algorithms" (clipped objective).
-- Schulman et al. 2016, "High-Dimensional Continuous Control Using GAE" (advantages).
-- Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences" (per-token KL
-  penalty, adaptive KL controller).
-- Huang et al. 2022, "The 37 Implementation Details of PPO" and Huang et al. 2024, "The N
-  Implementation Details of RLHF with PPO" (whitening, value clipping, Adam eps, dropout off).
+- Schulman et al. 2017, PPO, https://arxiv.org/abs/1707.06347 (clipped objective).
+- Schulman et al. 2016, GAE, https://arxiv.org/abs/1506.02438 (advantages).
+- Ziegler et al. 2019, https://arxiv.org/abs/1909.08593 (per-token KL penalty, adaptive KL).
+- Huang et al. 2022, "The 37 Implementation Details of PPO",
+  https://iclr-blog-track.github.io/2022/03/25/ppo-implementation-details/ (numbered details),
+  and "The N Implementation Details of RLHF with PPO", https://arxiv.org/abs/2403.17031.
 - Schulman 2020, "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html (k1, k3).
 
 Shapes: B responses, P prompt length (left-padded), T longest response (right-padded).
@@ -38,7 +38,7 @@ class PPOConfig:
     """responses per gradient step"""
     ppo_epochs: int = 4
     """passes over the batch per iteration"""
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-4
     """AdamW learning rate, shared by the policy and the value head"""
     gamma: float = 1.0
     """discount; 1 keeps every return equal to the undiscounted sum of rewards"""
@@ -182,17 +182,17 @@ def response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mas
     """One forward over [prompt; response] -> log pi(y_t | x, y_<t), entropy, V(x, y_<t).
 
     The state before response token t sits at position P - 1 + t, so the T states that
-    predict the response are hidden[:, P-1 : P+T-1]. Logits are divided by the sampling
+    predict the response are hidden[:, P-1 : P+T-1]; the last response token predicts
+    nothing and is left out of the input. Logits are divided by the sampling
     temperature, so the log-probs are those of the distribution the tokens were drawn from.
     Returns (logprobs, entropy, values), each (B, T) and zero outside response_mask;
     values is None without a value head.
     """
-    P, T = prompt_ids.shape[1], response_ids.shape[1]
-    input_ids = torch.cat([prompt_ids, response_ids], dim=1)                   # (B, P+T)
-    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)            # (B, P+T)
+    input_ids = torch.cat([prompt_ids, response_ids[:, :-1]], dim=1)           # (B, P+T-1)
+    attention_mask = torch.cat([prompt_mask, response_mask[:, :-1]], dim=1)    # (B, P+T-1)
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                               position_ids=left_padded_positions(attention_mask)).last_hidden_state
-    hidden = hidden[:, P - 1:P + T - 1]                                          # (B, T, H)
+    hidden = hidden[:, prompt_ids.shape[1] - 1:]                                # (B, T, H)
     logits = model.get_output_embeddings()(hidden).float() / temperature        # (B, T, V)
     all_logprobs = F.log_softmax(logits, dim=-1)                                # (B, T, V)
     logprobs = all_logprobs.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
@@ -209,6 +209,8 @@ def sample(model, prompt_ids, prompt_mask, config: PPOConfig, pad_token_id: int,
     Each step feeds one token with its own position (last position + 1) and the grown
     attention mask. EOS is forbidden before min_new_tokens; after a row's EOS it gets
     pad_token_id. Returns response_ids (B, T) and response_mask (B, T), T <= max_new_tokens.
+    PPO scores the tokens under the full softmax(logits / temperature), as TRL does: the
+    top-k/top-p cut and the EOS block make the sampler differ from it slightly.
     """
     batch = prompt_ids.shape[0]
     attention_mask = prompt_mask.long()
@@ -250,7 +252,8 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         sorted_probs = F.softmax(sorted_logits, dim=-1)
         mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs                 # (B, V)
-        remove = (mass_before > top_p).scatter(-1, order, mass_before > top_p)
+        remove_sorted = mass_before > top_p                                     # (B, V)
+        remove = torch.empty_like(remove_sorted).scatter_(-1, order, remove_sorted)
         logits = logits.masked_fill(remove, -float("inf"))
     return logits
 
@@ -289,9 +292,11 @@ class PPOTrainer:
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
         self.parameters = list(self.policy.parameters()) + list(self.value_head.parameters())
         # Adam eps 1e-5 (37 implementation details, detail 3).
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, eps=1e-5)
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, eps=1e-5,
+                                           fused=True)
 
     def autocast(self):
+        """bfloat16 autocast when config.bf16 (cuda only), otherwise a no-op context."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
 
     def generate(self, prompt_ids, prompt_mask, greedy: bool = False):
@@ -299,7 +304,7 @@ class PPOTrainer:
         with self.autocast():
             response_ids, response_mask = sample(
                 self.policy, prompt_ids.to(self.device), prompt_mask.to(self.device), self.config,
-                self.pad_token_id, self.eos_token_id, greedy, self.generator)
+                self.pad_token_id, self.eos_token_id, greedy=greedy, generator=self.generator)
         return response_ids.cpu(), response_mask.cpu()
 
     # --- 1. rollout -----------------------------------------------------------------
@@ -334,8 +339,8 @@ class PPOTrainer:
             raise ValueError("token_rewards must be zero outside response_mask (after EOS)")
         start = clock(self.device)
 
-        # 2. Per-token KL penalty (Ziegler et al. 2019): r_t - kl_coef * KL_t, with
-        #    k1 = log(pi/pi_ref), or k3 = (ratio - 1) - log(ratio), ratio = pi_ref/pi (Schulman 2020).
+        # 2. Per-token KL penalty (Ziegler et al. 2019): r_t - kl_coef * KL_t, with (Schulman 2020)
+        #    k1 = log(pi / pi_ref)  or  k3 = (rho - 1) - log(rho), rho = pi_ref / pi.
         log_ratio_ref = (rollout.logprobs - rollout.ref_logprobs) * mask           # (B, T)
         if config.kl_estimator == "k1":
             kl_penalty = log_ratio_ref
@@ -348,10 +353,10 @@ class PPOTrainer:
         if config.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
 
-        # 4. PPO epochs over shuffled minibatches (Schulman et al. 2017).
+        # 4. PPO epochs over shuffled minibatches (Schulman et al. 2017; 37 details, detail 6).
         batch_size = mask.shape[0]
-        minibatch_stats = []
-        for epoch in range(config.ppo_epochs):
+        minibatch_stats, first_ratio_error = [], None
+        for _ in range(config.ppo_epochs):
             order = torch.randperm(batch_size, generator=self.generator, device=self.device)
             for start_row in range(0, batch_size, config.minibatch_size):
                 rows = order[start_row:start_row + config.minibatch_size]
@@ -364,10 +369,9 @@ class PPOTrainer:
                 # Clipped surrogate: max(-A r, -A clip(r, 1 - eps, 1 + eps)), r = pi / pi_old.
                 log_ratio = (logprobs - rollout.logprobs[rows]) * mb_mask
                 ratio = log_ratio.exp()
-                mb_advantages = advantages[rows]
-                policy_loss = masked_mean(torch.max(
-                    -mb_advantages * ratio,
-                    -mb_advantages * ratio.clamp(1 - config.clip_range, 1 + config.clip_range)), mb_mask)
+                clipped_ratio = ratio.clamp(1 - config.clip_range, 1 + config.clip_range)
+                policy_loss = masked_mean(torch.max(-advantages[rows] * ratio,
+                                                    -advantages[rows] * clipped_ratio), mb_mask)
                 # Clipped value loss (37 details, detail 9): 0.5 max((V - G)^2, (V_clip - G)^2).
                 old_values, mb_returns = rollout.values[rows], returns[rows]
                 values_clipped = old_values + (values - old_values).clamp(
@@ -375,18 +379,22 @@ class PPOTrainer:
                 value_loss = 0.5 * masked_mean(torch.max(
                     (values - mb_returns) ** 2, (values_clipped - mb_returns) ** 2), mb_mask)
                 mean_entropy = masked_mean(entropy, mb_mask)
-                loss = policy_loss + config.vf_coef * value_loss - config.entropy_coef * mean_entropy
+                loss = (policy_loss + config.vf_coef * value_loss
+                        - config.entropy_coef * mean_entropy)
 
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_(self.parameters, config.max_grad_norm)
+                nn.utils.clip_grad_norm_(self.parameters, config.max_grad_norm)  # detail 11
                 self.optimizer.step()
                 with torch.no_grad():
                     minibatch_stats.append(torch.stack([
-                        policy_loss, value_loss, mean_entropy.detach(),
+                        policy_loss, value_loss, mean_entropy,
                         masked_mean(((ratio - 1).abs() > config.clip_range).float(), mb_mask),
-                        masked_mean(ratio - 1 - log_ratio, mb_mask),              # k3 of pi_old vs pi
-                        ((ratio - 1) * mb_mask).abs().max()]).detach())
+                        masked_mean(ratio - 1 - log_ratio, mb_mask)]))   # k3 of pi_old vs pi
+                    if first_ratio_error is None:
+                        # Before any step pi == pi_old, so this is 0 up to float rounding;
+                        # anything else means the log-prob recomputation is inconsistent.
+                        first_ratio_error = ((ratio - 1) * mb_mask).abs().max()
 
         # Adaptive KL controller (Ziegler et al. 2019): beta *= 1 + clip(KL/target - 1, +-0.2) n/H.
         sequence_kl = log_ratio_ref.sum(dim=1).mean().item()
@@ -395,19 +403,14 @@ class PPOTrainer:
             error = min(max(sequence_kl / config.target_kl - 1, -0.2), 0.2)
             self.kl_coef *= 1 + error * batch_size / config.kl_horizon
 
-        # Statistics: one float each.
+        # Statistics: one float each; the minibatch ones are averaged over all minibatches.
         means = torch.stack(minibatch_stats).mean(dim=0).tolist()
+        names = ("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl")
         stats = {
+            **dict(zip(names, means)),
             "kl": sequence_kl,
             "kl_coef": kl_coef_used,
-            "policy_loss": means[0],
-            "value_loss": means[1],
-            "entropy": means[2],
-            "clip_fraction": means[3],
-            "approx_kl": means[4],
-            # max |pi/pi_old - 1| on the first minibatch of the first epoch: 0 up to float
-            # rounding, or the log-prob recomputation does not match the sampling.
-            "first_ratio_error": minibatch_stats[0][5].item(),
+            "first_ratio_error": first_ratio_error.item(),   # max |pi/pi_old - 1|, first minibatch
             "explained_variance": (1 - masked_var(returns - rollout.values, mask)
                                    / masked_var(returns, mask)).item(),
             "response_length": mask.sum(dim=1).mean().item(),

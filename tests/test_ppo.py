@@ -55,8 +55,9 @@ def test_left_padded_logprobs_equal_unpadded_reference():
             torch.testing.assert_close(logprobs[i, :n], expected, atol=1e-5, rtol=0)
             expected_entropy = -(step_logprobs.exp() * step_logprobs).sum(-1)
             torch.testing.assert_close(entropy[i, :n], expected_entropy, atol=1e-5, rtol=0)
-            alone = ppo.response_logprobs(model, torch.tensor([prompt]), torch.ones(1, len(prompt)),
-                                          torch.tensor([response]), torch.ones(1, n), 0.7, value_head)
+            alone = ppo.response_logprobs(
+                model, torch.tensor([prompt]), torch.ones(1, len(prompt)),
+                torch.tensor([response]), torch.ones(1, n), 0.7, value_head)
             torch.testing.assert_close(values[i, :n], alone[2][0], atol=1e-5, rtol=0)
     for out in (logprobs, entropy, values):
         assert (out[response_mask == 0] == 0).all()
