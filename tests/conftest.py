@@ -1,7 +1,11 @@
 """Shared fixtures: the embedded task is built once per test session into a temporary cache."""
-import pytest
+import os
 
-import task as task_module
+os.environ["HF_HUB_OFFLINE"] = "1"  # no network at test time: a hub name fails at once, no retries
+
+import pytest  # noqa: E402
+
+import task as task_module  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,145 @@
+"""The embedded task: tokenizer, ground truth, reward model, SFT policy, cache and loaders."""
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import task
+
+SMALL = dict(n_reviews=400, n_train_prompts=8, n_val_prompts=4, rm_steps=3, sft_steps=3)
+
+
+def test_tokenizer_round_trip_and_offsets():
+    tokenizer = task.make_tokenizer("[CLS]", "right")
+    text = "the plot was not great but the acting was superb ."
+    enc = tokenizer(text, return_offsets_mapping=True)
+    assert enc["input_ids"][0] == tokenizer.cls_token_id
+    assert tokenizer.decode(enc["input_ids"], skip_special_tokens=True) == text
+    words = [text[start:end] for start, end in enc["offset_mapping"][1:]]
+    assert words == text.split()
+    assert tokenizer("the qwerty plot")["input_ids"][2] == tokenizer.unk_token_id
+
+
+def test_true_token_credit_by_hand():
+    credit = task.true_token_credit("the plot", "was not great but the acting was superb .".split())
+    assert credit.tolist() == [0, 0, -2, 0, 0, 0, 0, 3, 0]
+    # a negation in the prompt reaches the response; an adverb lets it pass
+    assert task.true_token_credit("the plot was not", ["very", "dull", "."]).tolist() == [0, 1, 0]
+    # any other word cancels a pending negation
+    assert task.true_token_credit("the film", ["was", "not", "the", "good", "[EOS]"]).tolist() == [0, 0, 0, 1, 0]
+
+
+def test_masked_words_carry_no_sentiment():
+    words = "the plot was not great .".split()
+    assert task.token_scores(words).sum() == -2
+    assert task.token_scores(words, [True, True, True, False, True, True]).sum() == 2  # hidden `not`
+    assert task.token_scores(words, [True, True, True, True, False, True]).sum() == 0  # hidden adjective
+
+
+def test_generator_is_seeded_and_never_ties():
+    first = [task.random_review(random.Random(3)) for _ in range(3)]
+    assert first == [task.random_review(random.Random(3)) for _ in range(3)]
+    rng = random.Random(0)
+    assert all(task.token_scores(task.random_review(rng)).sum() != 0 for _ in range(500))
+
+
+def test_vocabulary_size_and_demonstrations(embedded_task):
+    assert 240 <= len(task.VOCABULARY) <= 260
+    for prompt in embedded_task.val_prompts[:50]:
+        demonstration = embedded_task.demonstrations[prompt]
+        assert demonstration.startswith(" ") and demonstration.endswith(" .")
+        words = (prompt + demonstration).split()
+        assert task.token_scores(words).sum() > 0, "demonstrations are positive reviews"
+    assert not set(embedded_task.train_prompts) & set(embedded_task.val_prompts)
+
+
+def held_out_reviews(n=2000, seed=12345):
+    rng = random.Random(seed)
+    return [task.random_review(rng) for _ in range(n)]
+
+
+def test_reward_model_accuracy_including_negation(embedded_task):
+    reviews = held_out_reviews()
+    labels = torch.tensor([task.token_scores(words).sum() > 0 for words in reviews])
+    negated = torch.tensor(["not" in words for words in reviews])
+    scores = task.score(embedded_task.reward_model, embedded_task.reward_tokenizer,
+                        [""] * len(reviews), [" ".join(words) for words in reviews])
+    correct = ((scores > 0) == labels).float()
+    assert correct.mean() >= 0.98
+    assert negated.sum() > 300 and correct[negated].mean() >= 0.97
+
+
+def test_score_is_the_logit_margin_and_rejects_long_texts(embedded_task):
+    rm, tokenizer = embedded_task.reward_model, embedded_task.reward_tokenizer
+    logits = rm(**tokenizer(["the plot was superb ."], return_tensors="pt")).logits[0]
+    margin = task.score(rm, tokenizer, ["the plot"], [" was superb ."])
+    assert torch.allclose(margin, (logits[1] - logits[0]).reshape(1), atol=1e-5)
+    with pytest.raises(ValueError, match="reads at most 64"):
+        task.score(rm, tokenizer, ["the plot"], [" was good" * 40])
+
+
+def test_sft_policy_writes_well_formed_reviews(embedded_task):
+    tokenizer = embedded_task.policy_tokenizer
+    enc = tokenizer(embedded_task.val_prompts[:128], return_tensors="pt", padding=True)
+    torch.manual_seed(0)
+    out = embedded_task.policy.generate(**enc, do_sample=True, max_new_tokens=30, top_k=0,
+                                        pad_token_id=tokenizer.pad_token_id,
+                                        eos_token_id=tokenizer.eos_token_id)
+    well_formed = 0
+    for row in out[:, enc["input_ids"].shape[1]:].tolist():
+        if tokenizer.eos_token_id in row:
+            end = row.index(tokenizer.eos_token_id)
+            well_formed += end > 0 and row[end - 1] == tokenizer.convert_tokens_to_ids(".")
+    assert well_formed / len(out) >= 0.9
+
+
+def test_same_seed_same_weights_and_cache_reload(tmp_path):
+    first = task.build_task(task.TaskConfig(cache_dir=str(tmp_path / "a"), **SMALL))
+    second = task.build_task(task.TaskConfig(cache_dir=str(tmp_path / "b"), **SMALL))
+    for a, b in [(first.policy, second.policy), (first.reward_model, second.reward_model)]:
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), name
+    assert first.val_prompts == second.val_prompts
+    other_seed = task.build_task(task.TaskConfig(cache_dir=str(tmp_path / "a"), seed=1, **SMALL))
+    assert not torch.equal(other_seed.policy.transformer.wte.weight, first.policy.transformer.wte.weight)
+    assert len(os.listdir(tmp_path / "a")) == 2  # one folder per setting, nothing half-written
+
+
+def test_save_pretrained_round_trip_through_the_real_loader(tmp_path, embedded_task):
+    embedded_task.policy.save_pretrained(tmp_path / "policy")
+    embedded_task.policy_tokenizer.save_pretrained(tmp_path / "policy")
+    embedded_task.reward_model.save_pretrained(tmp_path / "rm")
+    embedded_task.reward_tokenizer.save_pretrained(tmp_path / "rm")
+    loaded = task.build_task(task.TaskConfig(policy=str(tmp_path / "policy"), reward_model=str(tmp_path / "rm"),
+                                             cache_dir=str(tmp_path / "unused"), **SMALL))
+    assert not loaded.embedded and loaded.policy_tokenizer.padding_side == "left"
+    assert loaded.reward_model.config._attn_implementation == "eager"
+    ids = torch.tensor([[2, 10, 20, 30]])
+    assert torch.equal(loaded.policy(ids).logits, embedded_task.policy(ids).logits)
+    text = ["the acting was not dull ."]
+    assert torch.equal(task.score(loaded.reward_model, loaded.reward_tokenizer, text, [""]),
+                       task.score(embedded_task.reward_model, embedded_task.reward_tokenizer, text, [""]))
+
+
+def test_unloadable_model_and_bad_prompts_files_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="cannot load the policy tokenizer 'no-such-org/no-such-model'"):
+        task.load_policy("no-such-org/no-such-model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no loadable reward model"):
+        task.load_reward_model(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="does not exist"):
+        task.read_prompts(str(tmp_path / "missing.txt"), 0.1)
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    with pytest.raises(ValueError, match="has 0 prompts"):
+        task.read_prompts(str(tmp_path / "blank.txt"), 0.1)
+
+
+def test_prompts_file_with_demonstrations(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("the plot\twas superb .\nthis film\n" + "".join(f"prompt {i}\n" for i in range(8)))
+    train, val, demonstrations = task.read_prompts(str(path), 0.2)
+    assert train[:2] == ["the plot", "this film"] and val == ["prompt 6", "prompt 7"]
+    assert demonstrations == {"the plot": " was superb ."}
+    assert np.isclose(len(val) / (len(train) + len(val)), 0.2)
