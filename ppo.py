@@ -286,7 +286,10 @@ class PPOTrainer:
         # (N implementation details of RLHF, detail "disable dropout").
         self.policy = policy.to(self.device).eval()
         reference = copy.deepcopy(policy) if ref_policy is None else ref_policy
-        self.ref_policy = reference.to(self.device).eval().requires_grad_(False)
+        # Frozen by use, not by flag: it only runs under no_grad in rollout(), so a caller's
+        # model passed as the reference (say the SFT model, copied again for the next run)
+        # stays trainable.
+        self.ref_policy = reference.to(self.device).eval()
         torch.manual_seed(config.seed)
         self.value_head = nn.Linear(policy.config.hidden_size, 1).to(self.device)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)

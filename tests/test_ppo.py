@@ -1,4 +1,6 @@
 """Tests for ppo.py: hand-worked GAE, masking, log-prob recomputation, generation, learning."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -209,3 +211,17 @@ def test_learning_rises_and_is_reproducible(tmp_path):
     assert np.mean(scores[:3]) < 1.5                 # ~6 tokens * 1/12 at the start
     assert np.mean(scores[-3:]) > np.mean(scores[:3]) + 1.5
     assert train_token_counter(tmp_path, seed=3) == history
+
+
+def test_a_shared_reference_stays_trainable_for_the_next_run():
+    """run.py passes the SFT model as every run's reference and deep-copies it as the next
+    policy: the trainer must not freeze it, or every later run silently never learns."""
+    sft = tiny_gpt2()
+    config = ppo.PPOConfig(batch_size=4, minibatch_size=4, max_new_tokens=4, device="cpu")
+    ppo.PPOTrainer(copy.deepcopy(sft), config, PAD, EOS, ref_policy=sft)
+    assert all(p.requires_grad for p in sft.parameters())
+    second = ppo.PPOTrainer(copy.deepcopy(sft), config, PAD, EOS, ref_policy=sft)
+    before = [p.detach().clone() for p in second.policy.parameters()]
+    rollout = second.rollout(*left_pad(PROMPTS[:2] * 2))
+    second.update(rollout, ppo.sparse_token_rewards(torch.tensor([1.0, -1.0, 1.0, -1.0]), rollout.response_mask))
+    assert any(not torch.equal(a, b) for a, b in zip(before, second.policy.parameters()))
