@@ -9,7 +9,14 @@ import task as task_module  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def embedded_task(tmp_path_factory):
-    """The default embedded task (tokenizer, RM, SFT policy, prompts), built and cached once."""
-    cache = tmp_path_factory.mktemp("task-cache")
-    return task_module.build_task(task_module.TaskConfig(cache_dir=str(cache)))
+def task_cache(tmp_path_factory) -> str:
+    """A cache folder holding the default embedded task, built once per session."""
+    cache = str(tmp_path_factory.mktemp("task-cache"))
+    task_module.build_task(task_module.TaskConfig(cache_dir=cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def embedded_task(task_cache):
+    """The default embedded task (tokenizer, RM, SFT policy, prompts), read from the cache."""
+    return task_module.build_task(task_module.TaskConfig(cache_dir=task_cache))
