@@ -1,0 +1,245 @@
+"""Bayesian optimisation of the shaping weights on the probability simplex.
+
+The outer loop of Koo et al. 2025 ("Learning Explainable Dense Reward Shapes via Bayesian
+Optimization", arXiv 2504.16272): one evaluation J(w) is a whole PPO run with shaping weights
+w (w_k >= 0, sum_k w_k = 1), so there are few, noisy values and it pays to choose w carefully.
+
+    surrogate    J ~ GP(c * Matern_5/2(w, w'; one length scale per weight) + white noise)
+    incumbent    f_best = max_i mu(w_i) over the observed points      (noisy incumbent)
+    acquisition  EI(w) = E[max(f(w) - f_best - xi, 0)]                 (Jones et al. 1998)
+                       = sigma (z Phi(z) + phi(z)),  z = (mu - f_best - xi) / sigma
+    next w       argmax of log EI over simplex candidates             (Ament et al. 2023, LogEI)
+
+    opt = BayesOpt(("sparse", "attention", "shap", "lime"), log_path="runs/bo.jsonl")
+    for _ in range(n_trials):
+        weights = opt.ask()
+        opt.tell(weights, J(weights))
+    best_weights, best_value = opt.best()
+"""
+import json
+import math
+import os
+import warnings
+from typing import Sequence
+
+import numpy as np
+from scipy.special import erfcx
+from scipy.stats import norm
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+from threadpoolctl import threadpool_limits
+
+SIMPLEX_TOLERANCE = 1e-6
+LOCAL_STEP_SIZES = (0.02, 0.05, 0.1, 0.2)  # sd of the Gaussian steps around the incumbent
+
+
+# ---- Expected improvement and its logarithm ----
+
+def expected_improvement(mu, sigma, f_best, xi=0.0):
+    """Closed-form EI for maximisation (Jones et al. 1998), E[max(f - f_best - xi, 0)] for
+    f ~ N(mu, sigma^2):  EI = (mu - f_best - xi) Phi(z) + sigma phi(z),  z = (mu - f_best - xi) / sigma."""
+    improvement = np.asarray(mu, dtype=float) - f_best - xi
+    z = improvement / sigma
+    return improvement * norm.cdf(z) + sigma * norm.pdf(z)
+
+
+def log_h(z):
+    """log h(z), h(z) = phi(z) + z Phi(z), finite for every z (Ament et al. 2023, LogEI, eq. 9).
+
+    For z <= -1 write Phi(z) = erfcx(-z / sqrt 2) exp(-z^2 / 2) / 2, so
+        log h(z) = -z^2/2 - log(2 pi)/2 + log(1 - |z| erfcx(-z / sqrt 2) sqrt(pi / 2)),
+    and below z = -1/sqrt(eps), where the bracket cancels to nothing, its asymptote -2 log|z|."""
+    z = np.asarray(z, dtype=float)
+    out = np.empty_like(z)
+    direct = z > -1
+    far = z <= -1 / math.sqrt(np.finfo(float).eps)
+    tail = ~direct & ~far
+    out[direct] = np.log(norm.pdf(z[direct]) + z[direct] * norm.cdf(z[direct]))
+    zt = z[tail]
+    log_ratio = np.log(np.abs(zt) * erfcx(-zt / math.sqrt(2))) + 0.5 * math.log(math.pi / 2)
+    log1mexp = np.where(log_ratio > -math.log(2), np.log(-np.expm1(log_ratio)),
+                        np.log1p(-np.exp(log_ratio)))
+    out[tail] = -zt**2 / 2 - 0.5 * math.log(2 * math.pi) + log1mexp
+    out[far] = -z[far] ** 2 / 2 - 0.5 * math.log(2 * math.pi) - 2 * np.log(-z[far])
+    return out
+
+
+def log_expected_improvement(mu, sigma, f_best, xi=0.0):
+    """log EI = log sigma + log h(z), z = (mu - f_best - xi) / sigma: ranks candidates even where
+    EI underflows to 0 (Ament et al. 2023, "Unexpected Improvements to Expected Improvement")."""
+    z = (np.asarray(mu, dtype=float) - f_best - xi) / sigma
+    return np.log(sigma) + log_h(z)
+
+
+# ---- The GP surrogate ----
+
+def fit_gp(points, values, n_restarts=2, random_state=0):
+    """GP regression of values (N,) on points (N, K): ConstantKernel x Matern(nu=2.5, one length
+    scale per weight) + WhiteKernel, normalize_y=True, hyperparameters by restarted ML-II.
+
+    The bounds (in units of the normalised values) keep ML-II sane on a handful of noisy points:
+    length scales in [0.2, 2] (the simplex is sqrt(2) across: shorter cannot be resolved, longer is
+    linear), noise >= 1% of the variance (every evaluation is noisy: no interpolating), signal
+    >= 30% of it (the GP may not call everything noise and stop exploring)."""
+    num_weights = points.shape[1]
+    kernel = (ConstantKernel(1.0, (0.3, 10.0))
+              * Matern(length_scale=np.full(num_weights, 0.5), length_scale_bounds=(0.2, 2.0), nu=2.5)
+              + WhiteKernel(noise_level=0.1, noise_level_bounds=(1e-2, 1.0)))
+    gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=n_restarts,
+                                  random_state=random_state)
+    # One BLAS thread: on matrices this small, extra threads only contend (10x slower on busy cores).
+    with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
+        warnings.simplefilter("ignore", ConvergenceWarning)  # a hyperparameter at its bound is fine
+        return gp.fit(points, values)
+
+
+def latent_posterior(gp, points):
+    """Posterior mean and latent std of J at points (M, K) -> (M,), (M,).
+
+    predict(return_std=True) gives the std of a new noisy observation, var = var_latent + noise.
+    The fitted WhiteKernel noise is in normalised units (normalize_y divides y by its std), so in
+    the units of y it is noise_level * y_std^2; EI needs the latent part alone."""
+    mu, predictive_std = gp.predict(points, return_std=True)
+    y_variance = gp._y_train_std ** 2
+    latent_variance = predictive_std**2 - gp.kernel_.k2.noise_level * y_variance
+    return mu, np.sqrt(np.maximum(latent_variance, 1e-12 * y_variance))
+
+
+# ---- Candidates on the simplex ----
+
+def project_to_simplex(points):
+    """Euclidean projection of each row of points (M, K) onto {w : w >= 0, sum w = 1}
+    (Duchi et al. 2008, "Efficient projections onto the l1-ball"): w = max(p - theta, 0)."""
+    descending = -np.sort(-points, axis=1)
+    excess = np.cumsum(descending, axis=1) - 1  # (M, K)
+    num_positive = np.sum(descending - excess / np.arange(1, points.shape[1] + 1) > 0, axis=1)
+    theta = excess[np.arange(len(points)), num_positive - 1] / num_positive  # (M,)
+    return np.maximum(points - theta[:, None], 0.0)
+
+
+def simplex_candidates(incumbent, rng, n_random, n_local):
+    """Dirichlet(1) samples, the K vertices, the centroid and Gaussian steps around the incumbent
+    projected back onto the simplex (so edges and faces are reachable) -> (n_random + K + 1 + n_local, K)."""
+    num_weights = len(incumbent)
+    step_sizes = rng.choice(LOCAL_STEP_SIZES, size=(n_local, 1))
+    local = project_to_simplex(incumbent + step_sizes * rng.standard_normal((n_local, num_weights)))
+    return np.vstack([rng.dirichlet(np.ones(num_weights), n_random), np.eye(num_weights),
+                      np.full((1, num_weights), 1 / num_weights), local])
+
+
+# ---- Ask / tell ----
+
+class BayesOpt:
+    """GP + log-EI optimiser of K weights on the simplex, with a resumable JSONL trial log.
+
+    Every ask() draws its randomness from (seed, number of trials told), so a run resumed from its
+    log asks exactly what the uninterrupted run would have asked."""
+
+    def __init__(self, names: Sequence[str], log_path: str | None = None, seed: int = 0,
+                 n_initial: int = 4, xi: float = 0.01, n_random: int = 2000, n_local: int = 500,
+                 n_restarts: int = 2):
+        """names: the K weight names; n_initial: trials (centroid, then Dirichlet(1) samples) before
+        the GP takes over; xi: EI margin in standard deviations of the observed values;
+        n_random / n_local: Dirichlet / incumbent-step candidates per ask; n_restarts: GP fits."""
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ValueError(f"names must be at least 2 distinct weight names, got {list(names)}")
+        if n_initial < 1:
+            raise ValueError(f"n_initial must be >= 1, got {n_initial}")
+        self.names, self.log_path, self.seed, self.n_initial = tuple(names), log_path, seed, n_initial
+        self.xi, self.n_random, self.n_local, self.n_restarts = xi, n_random, n_local, n_restarts
+        self.trials: list[dict] = []
+        self._gp_cache = (None, None)  # (number of trials it was fitted on, gp)
+        if log_path is not None and os.path.exists(log_path):
+            self._load_log()
+
+    def ask(self) -> dict[str, float]:
+        """The next weights to evaluate, on the simplex."""
+        num_told, num_weights = len(self.trials), len(self.names)
+        rng = np.random.default_rng([self.seed, num_told])
+        if num_told == 0:
+            point = np.full(num_weights, 1 / num_weights)
+        elif num_told < self.n_initial:
+            point = rng.dirichlet(np.ones(num_weights))
+        else:
+            gp, points, observed_means = self._surrogate()
+            candidates = simplex_candidates(points[np.argmax(observed_means)], rng,
+                                            self.n_random, self.n_local)
+            mu, sigma = latent_posterior(gp, candidates)
+            xi = self.xi * gp._y_train_std
+            point = candidates[np.argmax(log_expected_improvement(mu, sigma, observed_means.max(), xi))]
+        return {name: float(w) for name, w in zip(self.names, point)}
+
+    def tell(self, weights: dict[str, float], value: float, info: dict | None = None) -> None:
+        """Record J(weights) = value; appended to the log (flushed and fsync'ed) before returning."""
+        self._check_weights(weights)
+        if not math.isfinite(float(value)):
+            raise ValueError(f"value must be a finite number, got {value!r}")
+        trial = {"trial": len(self.trials), "weights": {name: float(weights[name]) for name in self.names},
+                 "value": float(value), "info": info or {}}
+        line = json.dumps(trial) + "\n"  # serialise first: a bad info raises before anything is written
+        if self.log_path is not None:
+            with open(self.log_path, "a") as log:
+                log.write(line)
+                log.flush()
+                os.fsync(log.fileno())
+        self.trials.append(trial)
+
+    def best(self) -> tuple[dict[str, float], float]:
+        """Incumbent: the observed weights with the highest posterior mean, and that mean
+        (before the GP takes over: the highest raw value)."""
+        if not self.trials:
+            raise ValueError("best() needs at least one told trial")
+        if len(self.trials) < self.n_initial:
+            trial = max(self.trials, key=lambda t: t["value"])
+            return dict(trial["weights"]), trial["value"]
+        _, _, observed_means = self._surrogate()
+        index = int(np.argmax(observed_means))
+        return dict(self.trials[index]["weights"]), float(observed_means[index])
+
+    def _surrogate(self):
+        """The GP fitted on all told trials (cached per trial count), their points (N, K) and
+        posterior means (N,)."""
+        points = np.array([[t["weights"][name] for name in self.names] for t in self.trials])
+        num_fitted, gp = self._gp_cache
+        if num_fitted != len(self.trials):
+            values = np.array([t["value"] for t in self.trials])
+            gp = fit_gp(points, values, self.n_restarts, np.random.RandomState([self.seed, len(self.trials)]))
+            self._gp_cache = (len(self.trials), gp)
+        return gp, points, gp.predict(points)
+
+    def _check_weights(self, weights):
+        if set(weights) != set(self.names):
+            raise ValueError(f"weights have names {sorted(weights)}, expected {sorted(self.names)}")
+        bad = {name: w for name, w in weights.items() if not (math.isfinite(w) and w >= -SIMPLEX_TOLERANCE)}
+        if bad:
+            raise ValueError(f"weights {bad} are not finite and non-negative (the simplex)")
+        total = sum(weights.values())
+        if abs(total - 1) > SIMPLEX_TOLERANCE:
+            raise ValueError(f"weights {dict(weights)} sum to {total}, expected 1 (the simplex)")
+
+    def _load_log(self):
+        """Resume from the log. A last line cut short by a crash is dropped with a warning and
+        removed from the file, so the next append starts on a fresh line."""
+        with open(self.log_path, "rb") as log:
+            lines = log.read().split(b"\n")
+        unfinished = lines.pop()  # text after the last newline: b"" unless a write was cut short
+        num_complete_bytes = 0
+        for number, line in enumerate(lines, start=1):
+            try:
+                trial = json.loads(line)
+            except ValueError as error:
+                if number < len(lines):
+                    raise ValueError(f"{self.log_path}: line {number} is not JSON ({error})") from error
+                unfinished = line
+                break
+            if trial.get("trial") != len(self.trials) or set(trial.get("weights", ())) != set(self.names):
+                raise ValueError(f"{self.log_path}: line {number} is not trial {len(self.trials)} "
+                                 f"over weights {list(self.names)}: {trial}")
+            self._check_weights(trial["weights"])
+            self.trials.append(trial)
+            num_complete_bytes += len(line) + 1
+        if unfinished:
+            warnings.warn(f"{self.log_path}: ignoring an unfinished last line ({unfinished[:60]!r})")
+            with open(self.log_path, "r+b") as log:
+                log.truncate(num_complete_bytes)

@@ -1,0 +1,99 @@
+"""Benchmark: BayesOpt against Dirichlet random search on noisy bumps over the simplex.
+
+The outer loop of Koo et al. 2025 sees J(w), a smooth unimodal bump of the shaping weights w
+measured through a noisy PPO run. Here J is a Gaussian bump with one width per weight,
+    f(w) = exp(-1/2 sum_k ((w_k - w*_k) / width_k)^2),
+its optimum w* inside the simplex, on an edge, or at a vertex, plus Gaussian noise of sd
+NOISE_FRACTION x (max f - min f on the simplex). Simple regret = f(w*) - f(recommended w), with the
+noise-free f at the point each optimiser recommends: BayesOpt.best() (highest posterior mean),
+random search's best noisy observation.
+
+    python benchmarks/bench_bo.py --seeds 20
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's bayes_opt
+
+import numpy as np
+
+import bayes_opt
+
+NOISE_FRACTION = 0.075  # noise sd as a fraction of the function's range on the simplex
+WIDTH_RANGE = (0.3, 0.6)  # per-weight widths of the bump, drawn uniformly
+CHECKPOINTS = (10, 20)  # report regret after this many evaluations
+
+
+def make_problem(num_weights, location, rng):
+    """A random bump (optimum, widths, noise sd) with its optimum at `location` of the simplex."""
+    if location == "inside":
+        optimum = 0.5 / num_weights + 0.5 * rng.dirichlet(np.ones(num_weights))
+    elif location == "edge":
+        pair, share = rng.choice(num_weights, 2, replace=False), rng.uniform(0.2, 0.8)
+        optimum = np.zeros(num_weights)
+        optimum[pair] = share, 1 - share
+    elif location == "vertex":
+        optimum = np.eye(num_weights)[rng.integers(num_weights)]
+    else:
+        raise ValueError(f"location must be 'inside', 'edge' or 'vertex', got {location!r}")
+    widths = rng.uniform(*WIDTH_RANGE, num_weights)
+
+    def f(points):  # (M, K) -> (M,)
+        return np.exp(-0.5 * np.sum(((points - optimum) / widths) ** 2, axis=-1))
+
+    # f is log-concave, so its minimum over the simplex sits at a vertex; its maximum is f(w*) = 1.
+    noise_sd = NOISE_FRACTION * (1 - f(np.eye(num_weights)).min())
+    return f, noise_sd
+
+
+def run_bayes_opt(f, noise_sd, names, seed, rng):
+    """Regret of BayesOpt.best() at each checkpoint."""
+    optimizer, regrets = bayes_opt.BayesOpt(names, seed=seed), []
+    for evaluation in range(1, max(CHECKPOINTS) + 1):
+        weights = optimizer.ask()
+        point = np.array([weights[name] for name in names])
+        optimizer.tell(weights, float(f(point[None])[0] + noise_sd * rng.standard_normal()))
+        if evaluation in CHECKPOINTS:
+            recommended = optimizer.best()[0]
+            regrets.append(1 - f(np.array([[recommended[name] for name in names]]))[0])
+    return regrets
+
+
+def run_random_search(f, noise_sd, num_weights, rng):
+    """Regret of the best noisy observation among Dirichlet(1) samples at each checkpoint."""
+    points = rng.dirichlet(np.ones(num_weights), max(CHECKPOINTS))
+    observed = f(points) + noise_sd * rng.standard_normal(len(points))
+    return [1 - f(points[np.argmax(observed[:n])][None])[0] for n in CHECKPOINTS]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=20, help="repetitions per problem")
+    args = parser.parse_args()
+    start = time.time()
+    print(f"mean simple regret over {args.seeds} seeds (f(w*) = 1; noise sd {NOISE_FRACTION} x range)")
+    print(f"{'K':>2} {'optimum':>8} | {'BO@10':>7} {'RS@10':>7} {'ratio':>6} | {'BO@20':>7} {'RS@20':>7} {'ratio':>6}")
+    ratios = {n: [] for n in CHECKPOINTS}
+    for num_weights in (3, 4, 5):
+        names = tuple(f"w{k}" for k in range(num_weights))
+        for location in ("inside", "edge", "vertex"):
+            bo_regrets, rs_regrets = [], []
+            for seed in range(args.seeds):
+                f, noise_sd = make_problem(num_weights, location, np.random.default_rng([seed, num_weights]))
+                bo_regrets.append(run_bayes_opt(f, noise_sd, names, seed, np.random.default_rng([seed, 1])))
+                rs_regrets.append(run_random_search(f, noise_sd, num_weights, np.random.default_rng([seed, 2])))
+            bo_mean, rs_mean = np.mean(bo_regrets, axis=0), np.mean(rs_regrets, axis=0)
+            row = []
+            for i, n in enumerate(CHECKPOINTS):
+                ratios[n].append(bo_mean[i] / rs_mean[i])
+                row.append(f"{bo_mean[i]:7.4f} {rs_mean[i]:7.4f} {ratios[n][-1]:6.2f}")
+            print(f"{num_weights:>2} {location:>8} | " + " | ".join(row), flush=True)
+    summary = ", ".join(f"after {n}: {np.mean(ratios[n]):.2f}" for n in CHECKPOINTS)
+    print(f"average regret ratio BO / random search: {summary}  (target after 10: <= 0.50)")
+    print(f"time {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
