@@ -31,6 +31,7 @@ from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 from threadpoolctl import threadpool_limits
 
 SIMPLEX_TOLERANCE = 1e-6
+FAR_TAIL = -1e3  # below this z, log EI comes from its asymptotic series
 LOCAL_STEP_SIZES = (0.02, 0.05, 0.1, 0.2)  # sd of the Gaussian steps around the incumbent
 
 
@@ -45,23 +46,23 @@ def expected_improvement(mu, sigma, f_best, xi=0.0):
 
 
 def log_h(z):
-    """log h(z), h(z) = phi(z) + z Phi(z), finite for every z (Ament et al. 2023, LogEI, eq. 9).
+    """log h(z), h(z) = phi(z) + z Phi(z), finite for every z (Ament et al. 2023, LogEI).
 
     For z <= -1 write Phi(z) = erfcx(-z / sqrt 2) exp(-z^2 / 2) / 2, so
-        log h(z) = -z^2/2 - log(2 pi)/2 + log(1 - |z| erfcx(-z / sqrt 2) sqrt(pi / 2)),
-    and below z = -1/sqrt(eps), where the bracket cancels to nothing, its asymptote -2 log|z|."""
+        log h(z) = -z^2/2 - log(2 pi)/2 + log(1 - |z| erfcx(-z / sqrt 2) sqrt(pi / 2)).
+    The bracket is ~1/z^2 and loses eps z^2 of its relative precision to cancellation, so below
+    z = FAR_TAIL use the Mills-ratio series h(z) = phi(z) / z^2 (1 - 3 / z^2 + O(z^-4)) instead."""
     z = np.asarray(z, dtype=float)
     out = np.empty_like(z)
-    direct = z > -1
-    far = z <= -1 / math.sqrt(np.finfo(float).eps)
+    direct, far = z > -1, z <= FAR_TAIL
     tail = ~direct & ~far
     out[direct] = np.log(norm.pdf(z[direct]) + z[direct] * norm.cdf(z[direct]))
-    zt = z[tail]
-    log_ratio = np.log(np.abs(zt) * erfcx(-zt / math.sqrt(2))) + 0.5 * math.log(math.pi / 2)
+    zt, zf = z[tail], z[far]
+    log_ratio = np.log(-zt * erfcx(-zt / math.sqrt(2))) + 0.5 * math.log(math.pi / 2)  # < 0
     log1mexp = np.where(log_ratio > -math.log(2), np.log(-np.expm1(log_ratio)),
-                        np.log1p(-np.exp(log_ratio)))
+                        np.log1p(-np.exp(log_ratio)))  # log(1 - e^x), stable on both sides
     out[tail] = -zt**2 / 2 - 0.5 * math.log(2 * math.pi) + log1mexp
-    out[far] = -z[far] ** 2 / 2 - 0.5 * math.log(2 * math.pi) - 2 * np.log(-z[far])
+    out[far] = -zf**2 / 2 - 0.5 * math.log(2 * math.pi) - 2 * np.log(-zf) + np.log1p(-3 / zf**2)
     return out
 
 
@@ -101,7 +102,7 @@ def latent_posterior(gp, points):
     The fitted WhiteKernel noise is in normalised units (normalize_y divides y by its std), so in
     the units of y it is noise_level * y_std^2; EI needs the latent part alone."""
     mu, predictive_std = gp.predict(points, return_std=True)
-    y_variance = gp._y_train_std ** 2
+    y_variance = gp._y_train_std ** 2  # sklearn's normalize_y scale: the std of the training values
     latent_variance = predictive_std**2 - gp.kernel_.k2.noise_level * y_variance
     return mu, np.sqrt(np.maximum(latent_variance, 1e-12 * y_variance))
 
@@ -177,13 +178,13 @@ class BayesOpt:
             raise ValueError(f"value must be a finite number, got {value!r}")
         trial = {"trial": len(self.trials), "weights": {name: float(weights[name]) for name in self.names},
                  "value": float(value), "info": info or {}}
-        line = json.dumps(trial) + "\n"  # serialise first: a bad info raises before anything is written
+        line = json.dumps(trial, default=float) + "\n"  # numpy/torch scalars in info become floats
         if self.log_path is not None:
             with open(self.log_path, "a") as log:
                 log.write(line)
                 log.flush()
                 os.fsync(log.fileno())
-        self.trials.append(trial)
+        self.trials.append(json.loads(line))  # exactly what a resumed run will read back
 
     def best(self) -> tuple[dict[str, float], float]:
         """Incumbent: the observed weights with the highest posterior mean, and that mean
