@@ -207,9 +207,9 @@ def shap_batched(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]
     lengths, real = real_tokens(pieces)
     B, T, P = real.shape[0], real.shape[1], config.shap_permutations
     generator = torch.Generator().manual_seed(config.seed)
-    keys = torch.rand(B, P // 2, T, generator=generator)
-    keys = torch.cat([keys, -keys], 1).masked_fill(~real[:, None], float("inf"))  # pi, reverse(pi)
-    rank = keys.argsort(-1).argsort(-1)  # (B, P, T) position of each token in each permutation
+    forward = random_ranks(real, P // 2, generator)  # (B, P/2, T) position of each token in pi
+    backward = torch.where(real[:, None], lengths[:, None, None] - 1 - forward, forward)  # in reverse(pi)
+    rank = torch.cat([forward, backward], 1)  # (B, P, T)
     steps = torch.arange(1, T)  # prefix sizes strictly between empty and full
     prefix = rank[:, :, None, :] < steps[:, None]  # (B, P, T-1, T)
     inside = (steps < lengths[:, None, None]).expand(B, P, T - 1)  # (B, P, T-1)
@@ -236,8 +236,8 @@ def shap_library(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]
     for i, n in enumerate(lengths.tolist()):
         def model(masks: np.ndarray) -> np.ndarray:  # (R, n) in {0, 1} -> (R,)
             nonlocal rows
-            values, used = score_coalitions(prompts, pieces, torch.full((len(masks),), i), torch.as_tensor(masks) > 0.5,
-                                            reward_fn, config)
+            owner, visible = torch.full((len(masks),), i), torch.as_tensor(masks) > 0.5
+            values, used = score_coalitions(prompts, pieces, owner, visible, reward_fn, config)
             rows += used
             return values.numpy()
         masker = shap.maskers.Independent(np.zeros((1, n)))
@@ -342,9 +342,9 @@ def attention_credit(prompts, pieces, reward_model, reward_tokenizer, max_rows) 
         i = int(too_long.nonzero()[0])
         raise ValueError(f"response {i} ({texts[i]!r}) is {int(encoded['attention_mask'][i].sum())} RM tokens "
                          f"long; expected at most max_position_embeddings={limit}")
-    readout_rows = []
+    readout_rows, device = [], next(reward_model.parameters()).device
     for start in range(0, len(texts), max_rows):
-        chunk = {name: value[start:start + max_rows] for name, value in encoded.items()}
+        chunk = {name: value[start:start + max_rows].to(device) for name, value in encoded.items()}
         attentions = reward_model(**chunk, output_attentions=True).attentions
         if not attentions or attentions[-1] is None:
             raise ValueError("the reward model returned no attentions; load it with "
@@ -355,7 +355,7 @@ def attention_credit(prompts, pieces, reward_model, reward_tokenizer, max_rows) 
         else:
             readout = mask.argmax(1)
         heads_mean = attentions[-1].mean(1)  # (b, L, L)
-        readout_rows.append(heads_mean[torch.arange(len(readout)), readout])  # (b, L)
+        readout_rows.append(heads_mean[torch.arange(len(readout)), readout].cpu())  # (b, L)
     attention = torch.cat(readout_rows).double()  # (B, L)
     _, real = real_tokens(pieces)
     T = real.shape[1]

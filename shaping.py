@@ -15,7 +15,20 @@ The shaped reward mixes them with weights on the simplex (Koo et al. 2025, r' = 
 
 so every trajectory keeps its undiscounted return and the optimal policy of R is kept
 (gamma = 1). ABC is shape(components, {"attention": 0.8, "sparse": 0.2}).
+
+A worked example: R = 6 on a 3-token response, attention alpha = (.5, .25, .25), SHAP
+phi = (1, 2, -1), so the all-masked baseline is f(x, masked) = R - sum phi = 4:
+
+    sparse     (0,  0,   6)
+    uniform    (2,  2,   2)
+    attention  (3,  1.5, 1.5)
+    shap       (1,  2,  -1 + 4)      the baseline lands on the last token
+    r' = 0.5 shap + 0.5 sparse = (0.5, 1, 4.5),   sum = 6 = R
+
+The KL penalty per token is ppo.py's business; shaping only redistributes R.
 """
+from typing import Callable
+
 import torch
 
 COMPONENTS = ("sparse", "uniform", "attention", "shap", "lime")
@@ -48,19 +61,35 @@ def rcfd_scores(scores: torch.Tensor, demo_scores: torch.Tensor) -> torch.Tensor
     The reward peaks when the response scores like the prompt's demonstration, so the policy
     is pulled towards the demonstrations' reward level instead of exploiting the RM. It works
     with every component: pass R_cfd as `scores` to `credit_components`. For SHAP and LIME to
-    explain the calibrated score itself (not f), explain a wrapped reward function that maps
-    each prompt to its demonstration score computed once:
-
-        demo = dict(zip(prompts, reward_fn(prompts, [demonstrations[p] for p in prompts])))
-        rcfd_fn = lambda ps, rs: rcfd_scores(reward_fn(ps, rs), torch.stack([demo[p] for p in ps]))
-
-    Then phi sums to R_cfd(full) - R_cfd(all masked) and the residual keeps conservation.
+    explain the calibrated score itself (not f), explain `rcfd_reward_fn(reward_fn, ...)`:
+    then phi sums to R_cfd(full) - R_cfd(all masked) and the residual keeps conservation.
     """
     scores, demo_scores = torch.as_tensor(scores), torch.as_tensor(demo_scores)
     if scores.shape != demo_scores.shape:
         raise ValueError(f"scores {tuple(scores.shape)} and demo_scores {tuple(demo_scores.shape)} "
                          "must have the same shape, one demonstration score per response")
     return -(scores - demo_scores) ** 2
+
+
+def rcfd_reward_fn(reward_fn: Callable[[list[str], list[str]], torch.Tensor],
+                   demonstrations: dict[str, str]) -> Callable[[list[str], list[str]], torch.Tensor]:
+    """The reward function (prompts, responses) -> R_cfd (N,), for SHAP/LIME to explain RCfD.
+
+    f(x, y_demo) is computed once per prompt, on first sight, and kept: an explainer calls
+    the wrapped function with thousands of masked responses of the same few prompts.
+    """
+    demo_scores: dict[str, float] = {}
+
+    def wrapped(prompts: list[str], responses: list[str]) -> torch.Tensor:
+        missing = sorted(set(prompts) - set(demo_scores) - set(demonstrations))
+        if missing:
+            raise ValueError(f"no demonstration for prompt(s) {missing[:3]}; RCfD needs one per prompt")
+        new = sorted(set(prompts) - set(demo_scores))
+        if new:
+            demo_scores.update(zip(new, reward_fn(new, [demonstrations[p] for p in new]).tolist()))
+        scores = torch.as_tensor(reward_fn(prompts, responses), dtype=torch.float32)
+        return rcfd_scores(scores, torch.tensor([demo_scores[p] for p in prompts]))
+    return wrapped
 
 
 def normalize_scores(scores: torch.Tensor, attributions: dict[str, torch.Tensor] = {}

@@ -213,9 +213,9 @@ def test_attention_errors(bert_rm, tmp_path):
 # ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def embedded(embedded_task):
-    """Ids of up to 24 validation prompts with their demonstrations (<= 12 words + EOS) and the RM."""
+    """Ids of 16 validation prompts with their demonstrations (<= 11 words + EOS) and the RM."""
     task = embedded_task
-    pairs = [(p, task.demonstrations[p]) for p in task.val_prompts if len(task.demonstrations[p].split()) <= 12][:24]
+    pairs = [(p, task.demonstrations[p]) for p in task.val_prompts if len(task.demonstrations[p].split()) <= 11][:16]
     ids = encode(task.policy_tokenizer, [p for p, _ in pairs], [d.strip() for _, d in pairs])
 
     def reward_fn(prompts, responses):

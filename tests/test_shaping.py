@@ -149,3 +149,18 @@ def test_normalize_scores_scales_attributions_and_keeps_conservation():
         assert torch.allclose(after[name].sum(1), normalized, atol=1e-5)
     single, _ = shaping.normalize_scores(torch.tensor([4.0]))
     assert single.tolist() == [0.0]
+
+
+def test_rcfd_reward_fn_scores_against_each_prompts_demonstration_once():
+    calls = []
+
+    def reward_fn(prompts, responses):
+        calls.append(len(prompts))
+        return torch.tensor([float(len(r.split())) for r in responses])
+    demonstrations = {"a": " one two three", "b": " one"}
+    rcfd_fn = shaping.rcfd_reward_fn(reward_fn, demonstrations)
+    assert rcfd_fn(["a", "b", "a"], [" x", " x y", " x y z"]).tolist() == [-4.0, -1.0, 0.0]
+    assert rcfd_fn(["b"], [" x y z w"]).tolist() == [-9.0]
+    assert calls == [2, 3, 1]  # the demonstrations were scored once, in the first call
+    with pytest.raises(ValueError, match="'c'"):
+        rcfd_fn(["c"], [" x"])
