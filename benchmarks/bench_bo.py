@@ -8,7 +8,7 @@ NOISE_FRACTION x (max f - min f on the simplex). Simple regret = f(w*) - f(recom
 noise-free f at the point each optimiser recommends: BayesOpt.best() (highest posterior mean),
 random search's best noisy observation.
 
-    python benchmarks/bench_bo.py --seeds 20
+    python benchmarks/bench_bo.py --seeds 20 [--first-seed 20]   (seeds 0-19 were used to tune the GP bounds)
 """
 import argparse
 import os
@@ -71,6 +71,7 @@ def run_random_search(f, noise_sd, num_weights, rng):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20, help="repetitions per problem")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
     args = parser.parse_args()
     start = time.time()
     print(f"mean simple regret over {args.seeds} seeds (f(w*) = 1; noise sd {NOISE_FRACTION} x range)")
@@ -80,7 +81,7 @@ def main():
         names = tuple(f"w{k}" for k in range(num_weights))
         for location in ("inside", "edge", "vertex"):
             bo_regrets, rs_regrets = [], []
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 f, noise_sd = make_problem(num_weights, location, np.random.default_rng([seed, num_weights]))
                 bo_regrets.append(run_bayes_opt(f, noise_sd, names, seed, np.random.default_rng([seed, 1])))
                 rs_regrets.append(run_random_search(f, noise_sd, num_weights, np.random.default_rng([seed, 2])))
