@@ -40,7 +40,7 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
                           BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel,
                           PreTrainedTokenizerFast)
 
-CACHE_VERSION = 2  # bump when the generator or the training recipe changes
+CACHE_VERSION = 3  # bump when the generator or the training recipe changes
 
 # ---------------------------------------------------------------------------------------
 # The review language
@@ -221,8 +221,8 @@ def train_reward_model(reviews: list[list[str]], tokenizer, config: TaskConfig, 
     the label. Plain cross-entropy learns the same sign far more slowly at this size.
     """
     model = BertForSequenceClassification(BertConfig(
-        vocab_size=len(VOCABULARY), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=128, max_position_embeddings=64, pad_token_id=0, num_labels=2,
+        vocab_size=len(VOCABULARY), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64, pad_token_id=0, num_labels=2,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
         attn_implementation="eager"))
