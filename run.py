@@ -7,7 +7,8 @@ Every arm is a full PPO run from the same SFT reference with the same budget:
   baselines  sparse RLHF, uniform, ABC (attention, beta = 0.8, Chan et al. 2024), SHAP only,
              LIME only, RCfD (sparse, R = -(f(x,y) - f(x,y_demo))^2, KL 0, Rita et al. 2024)
   BO trials  weights over (sparse, attention, SHAP, LIME); J = mean held-out reward over the
-             evaluation points of training (area under the learning curve)
+             evaluation points of training (area under the learning curve); the baselines
+             that are points of this simplex are told to the BO first, as free observations
   confirm    the best weights and sparse again, at fresh seeds
 
 This is the only file that wires the stages together. Finished arms and trials are kept in
@@ -47,11 +48,12 @@ class Options:
     min_new_tokens: int = option(4, "shortest response (EOS blocked before)")
     max_new_tokens: int = option(16, "longest response")
     kl_coef: float = option(0.05, "per-token KL penalty coefficient (RCfD uses 0)")
-    eval_every: int = option(3, "PPO iterations between two held-out evaluations")
+    eval_every: int = option(2, "PPO iterations between two held-out evaluations")
     eval_prompts: int = option(64, "held-out prompts per evaluation")
     components: str = option("sparse,attention,shap,lime", "credit components whose weights BO searches")
     baselines: str = option("sparse,uniform,abc,shap,lime,rcfd", "baseline arms to run")
     confirm_seeds: int = option(3, "fresh seeds re-running the best weights and sparse")
+    lime_samples: int = option(128, "LIME perturbations per response (fidelity flattens out by ~128)")
     weights: str | None = option(None, "JSON file of extra fixed weights, run as the arm 'custom'")
     policy: str | None = option(None, "policy: hub name or local path (default: the embedded task)")
     reward_model: str | None = option(None, "reward model: hub name or local path (default: embedded)")
@@ -212,7 +214,8 @@ def build_setup(options):
         (the_task.reward_tokenizer.mask_token or the_task.reward_tokenizer.unk_token)
     return argparse.Namespace(
         task=the_task, tokenizer=the_task.policy_tokenizer, reward_fn=reward_fn, demo_scores=demo_scores,
-        attribution=reward_attribution.AttributionConfig(mask_string=mask_string, seed=options.seed),
+        attribution=reward_attribution.AttributionConfig(mask_string=mask_string, lime_samples=options.lime_samples,
+                                                         seed=options.seed),
         ppo_config=ppo.PPOConfig(batch_size=options.batch_size, min_new_tokens=options.min_new_tokens,
                                  max_new_tokens=options.max_new_tokens, device=options.device))
 
@@ -250,14 +253,22 @@ def main(argv=None) -> dict:
         arms[name] = train_arm(name, weights, options.seed, setup, options, rcfd=name == "rcfd")
 
     # 2. Bayesian optimisation of the weights: ask -> train a fresh policy -> tell J(w).
+    #    Baselines that are points of the same simplex (sparse, ABC, SHAP, LIME) were trained
+    #    with the same seed and budget: they are told first, as free observations of J.
     components = options.components.split(",")
     optimizer = bayes_opt.BayesOpt(components, log_path=os.path.join(options.out, "trials.jsonl"),
-                                   seed=options.seed, n_initial=min(4, options.trials))
-    with tqdm(total=options.trials, initial=len(optimizer.trials), desc="BO trials") as bar:
-        while len(optimizer.trials) < options.trials:
+                                   seed=options.seed)
+    told = {trial["info"].get("arm") for trial in optimizer.trials}
+    for name, weights in baselines.items():
+        if name != "rcfd" and name not in told and set(weights) <= set(components):
+            optimizer.tell({c: weights.get(c, 0.0) for c in components}, arms[name]["auc"],
+                           info={"arm": name, "final": arms[name]["final"], "kl": arms[name]["kl"]})
+    n_seeded = sum(trial["info"].get("arm") in baselines for trial in optimizer.trials)
+    with tqdm(total=options.trials, initial=len(optimizer.trials) - n_seeded, desc="BO trials") as bar:
+        while len(optimizer.trials) < n_seeded + options.trials:
             weights = optimizer.ask()
-            arm = train_arm(f"trial-{len(optimizer.trials)}", weights, options.seed, setup, options)
-            optimizer.tell(weights, arm["auc"], info={"final": arm["final"], "kl": arm["kl"]})
+            arm = train_arm(f"trial-{len(optimizer.trials) - n_seeded}", weights, options.seed, setup, options)
+            optimizer.tell(weights, arm["auc"], info={"arm": arm["arm"], "final": arm["final"], "kl": arm["kl"]})
             arms[arm["arm"]] = arm
             bar.update()
     best_weights, _ = optimizer.best()
