@@ -68,6 +68,7 @@ BASELINES = {  # arm -> credit weights; RCfD also swaps the reward (see shaped_r
     "sparse": {"sparse": 1.0}, "uniform": {"uniform": 1.0}, "abc": {"attention": 0.8, "sparse": 0.2},
     "shap": {"shap": 1.0}, "lime": {"lime": 1.0}, "rcfd": {"sparse": 1.0},
 }
+TRIAL_SEED_OFFSET = 100  # trial k trains with seed + 100 + k, apart from the confirmation seeds
 QUICK = dict(iterations=4, trials=2, batch_size=16, eval_every=2, eval_prompts=16, confirm_seeds=1)
 
 
@@ -266,8 +267,10 @@ def main(argv=None) -> dict:
     n_seeded = sum(trial["info"].get("arm") in baselines for trial in optimizer.trials)
     with tqdm(total=options.trials, initial=len(optimizer.trials) - n_seeded, desc="BO trials") as bar:
         while len(optimizer.trials) < n_seeded + options.trials:
-            weights = optimizer.ask()
-            arm = train_arm(f"trial-{len(optimizer.trials) - n_seeded}", weights, options.seed, setup, options)
+            weights, trial = optimizer.ask(), len(optimizer.trials) - n_seeded
+            # A seed of its own per trial: J(w) is noisy over seeds, which is what the GP
+            # models; asking a point again then measures it again instead of replaying it.
+            arm = train_arm(f"trial-{trial}", weights, options.seed + TRIAL_SEED_OFFSET + trial, setup, options)
             optimizer.tell(weights, arm["auc"], info={"arm": arm["arm"], "final": arm["final"], "kl": arm["kl"]})
             arms[arm["arm"]] = arm
             bar.update()

@@ -28,6 +28,8 @@ def test_quick_run_writes_every_artifact(tmp_path, task_cache):
     assert trials[1]["weights"] == {"sparse": 0.2, "attention": 0.8, "shap": 0.0, "lime": 0.0}
     assert trials[2]["value"] == result["arms"]["shap"]["auc"]
     assert all(abs(sum(trial["weights"].values()) - 1) < 1e-6 for trial in trials)
+    seeds = {name: arm["seed"] for name, arm in result["arms"].items()}
+    assert len({seeds["sparse"], seeds["trial-0"], seeds["trial-1"], seeds["bo-best-seed1"]}) == 4
     with open(out / "curves.csv") as file:
         rows = list(csv.DictReader(file))
     assert {row["arm"] for row in rows} == arms
