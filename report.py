@@ -16,9 +16,9 @@ import numpy as np  # noqa: E402
 SHOWN = ("truth", "sparse", "uniform", "abc", "shap", "lime", "bo-best")  # rows of tokens.html
 
 
-def first_reach(curve: list[dict], target: float) -> int | None:
-    """The first evaluated iteration whose held-out reward is >= target (None: never)."""
-    return next((point["iteration"] for point in curve if point["reward"] >= target), None)
+def first_reach(curve: list[dict], target: float) -> int | str:
+    """The first evaluated iteration whose held-out reward is >= target, or "never"."""
+    return next((point["iteration"] for point in curve if point["reward"] >= target), "never")
 
 
 def is_sparse(arm: dict) -> bool:
@@ -26,7 +26,8 @@ def is_sparse(arm: dict) -> bool:
 
 
 def reach_iterations(arms: dict) -> dict:
-    """Per arm: iterations until it first reaches the final reward of sparse at the same seed."""
+    """Per arm: iterations until it first reaches the final reward of sparse at the same seed
+    ("never" if it does not; None where no sparse run shares its seed, e.g. BO trials)."""
     sparse_final = {arm["seed"]: arm["final"] for arm in arms.values() if is_sparse(arm)}
     return {name: first_reach(arm["curve"], sparse_final[arm["seed"]]) if arm["seed"] in sparse_final else None
             for name, arm in arms.items()}
@@ -43,7 +44,7 @@ def confirmation(arms: dict, reach: dict) -> str:
         for group in groups:
             if name.startswith(group + "-seed"):
                 budget = arm["curve"][-1]["iteration"]
-                groups[group].append((arm, reach[name] if reach[name] is not None else budget))
+                groups[group].append((arm, budget if reach[name] == "never" else reach[name]))
     if not groups["bo-best"] or not groups["sparse"]:
         return ""
     lines = ["| confirm (fresh seeds) | seeds | final reward | AUC | iterations to sparse's final |",
@@ -66,7 +67,7 @@ def summary_table(arms: dict, best_weights: dict, fidelity: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for name, arm in arms.items():
         lines.append(f"| {name} | {weights(arm['weights'])} | {arm['final']:+.2f} | {arm['auc']:+.2f} | "
-                     f"{number(reach[name], 'd')} | {arm['kl']:.2f} | {number(fidelity.get(name), '.2f')} | "
+                     f"{number(reach[name], '')} | {arm['kl']:.2f} | {number(fidelity.get(name), '.2f')} | "
                      f"{arm['seconds']:.0f} |")
     return ("## Results\n\nFinal reward: mean held-out RM score over the last two evaluations. AUC: mean "
             "held-out reward over the evaluations after the start (the BO objective J). Credit fidelity: "
