@@ -61,7 +61,7 @@ class Options:
     cache_dir: str = option(".cache/task", "where the embedded task's models are cached")
     device: str = option("auto", "auto, cpu or cuda")
     threads: int = option(1, "CPU threads for torch (tiny models run fastest on one)")
-    quick: bool = option(False, "smoke run: 4 iterations, 2 trials, batch 16, one confirm seed")
+    quick: bool = option(False, "smoke run in runs/quick: 4 iterations, 2 trials, batch 16, one confirm seed")
 
 
 BASELINES = {  # arm -> credit weights; RCfD also swaps the reward (see shaped_rewards)
@@ -83,8 +83,8 @@ def parse_options(argv=None) -> Options:
             kind = {int: int, float: float}.get(f.type, str)
             parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
     options = Options(**vars(parser.parse_args(argv)))
-    if options.quick:
-        options = replace(options, **QUICK)
+    if options.quick:  # its own folder by default, so that a full run afterwards does not clash
+        options = replace(options, **QUICK, out="runs/quick" if options.out == Options.out else options.out)
     for name in options.components.split(","):
         if name not in shaping.COMPONENTS:
             parser.error(f"unknown credit component {name!r} in --components; expected some of {shaping.COMPONENTS}")

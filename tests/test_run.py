@@ -86,6 +86,12 @@ def test_bad_options_exit_with_a_clear_message(tmp_path, capsys, extra, message)
     assert message in capsys.readouterr().err
 
 
+def test_quick_run_has_a_folder_of_its_own():
+    assert run.parse_options(["--quick"]).out == "runs/quick"
+    assert run.parse_options(["--quick", "--out", "elsewhere"]).out == "elsewhere"
+    assert run.parse_options([]).out == "runs/default"
+
+
 def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit):
         run.parse_options(["--help"])
