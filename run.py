@@ -178,10 +178,11 @@ def credit_examples(setup, options, arm_weights: dict) -> dict:
     (embedded task only; None elsewhere).
     """
     enc = setup.tokenizer(setup.task.val_prompts[:options.eval_prompts], return_tensors="pt", padding=True)
-    generator = torch.Generator().manual_seed(options.seed)
-    response_ids, response_mask = ppo.sample(setup.task.policy, enc["input_ids"], enc["attention_mask"],
-                                             setup.ppo_config, setup.tokenizer.pad_token_id,
-                                             setup.tokenizer.eos_token_id, generator=generator)
+    device = next(setup.task.policy.parameters()).device  # on a GPU once a PPO run used it as its reference
+    response_ids, response_mask = (tensor.cpu() for tensor in ppo.sample(
+        setup.task.policy, enc["input_ids"].to(device), enc["attention_mask"].to(device), setup.ppo_config,
+        setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id,
+        generator=torch.Generator(device).manual_seed(options.seed)))
     components, _ = reward_components(setup, enc["input_ids"], response_ids, response_mask, shaping.ATTRIBUTIONS)
     credit = {name: shaping.shape(components, weights) for name, weights in arm_weights.items()}  # (B, T) each
     tokens = [setup.tokenizer.convert_ids_to_tokens(row[:int(n)]) for row, n in zip(response_ids, response_mask.sum(1))]

@@ -68,7 +68,7 @@ def test_reward_model_accuracy_including_negation(embedded_task):
                         [""] * len(reviews), [" ".join(words) for words in reviews])
     correct = ((scores > 0) == labels).float()
     assert correct.mean() >= 0.98
-    assert negated.sum() > 300 and correct[negated].mean() >= 0.97
+    assert negated.sum() > 300 and correct[negated].mean() >= 0.98
 
 
 def test_score_is_the_logit_margin_and_rejects_long_texts(embedded_task):
