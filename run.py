@@ -64,7 +64,7 @@ class Options:
     quick: bool = option(False, "smoke run in runs/quick: 4 iterations, 2 trials, batch 16, one confirm seed")
 
 
-BASELINES = {  # arm -> credit weights; RCfD also swaps the reward (see shaped_rewards)
+BASELINES = {  # arm -> credit weights; RCfD also swaps the reward (see train_arm)
     "sparse": {"sparse": 1.0}, "uniform": {"uniform": 1.0}, "abc": {"attention": 0.8, "sparse": 0.2},
     "shap": {"shap": 1.0}, "lime": {"lime": 1.0}, "rcfd": {"sparse": 1.0},
 }
@@ -96,7 +96,7 @@ def parse_options(argv=None) -> Options:
             parser.error(f"{what} file {path!r} does not exist")
     if options.weights is not None:
         try:
-            shaping.check_weights(json.load(open(options.weights)))
+            shaping.check_weights(read_json(options.weights))
         except (ValueError, AttributeError) as error:
             parser.error(f"--weights file {options.weights!r}: {error}")
     return options
@@ -139,12 +139,20 @@ def evaluate(trainer, setup, options) -> float:
 # ---------------------------------------------------------------------------------------
 # The inner loop: one PPO run from the SFT reference
 # ---------------------------------------------------------------------------------------
+def arm_path(options, name: str) -> str:
+    return os.path.join(options.out, "arms", f"{name}.json")
+
+
+def read_json(path: str):
+    with open(path) as file:
+        return json.load(file)
+
+
 def train_arm(name: str, weights: dict, seed: int, setup, options, rcfd: bool = False) -> dict:
     """Train a fresh policy with the shaped reward; return (and keep) its learning curve."""
-    path = os.path.join(options.out, "arms", f"{name}.json")
+    path = arm_path(options, name)
     if os.path.exists(path):
-        with open(path) as file:
-            finished = json.load(file)
+        finished = read_json(path)
         if finished["weights"] == weights and finished["seed"] == seed:
             return finished
     config = replace(setup.ppo_config, seed=seed, kl_coef=0.0 if rcfd else options.kl_coef)
@@ -231,8 +239,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(options.seed)
     config_path = os.path.join(options.out, "config.json")
     if os.path.exists(config_path):
-        with open(config_path) as file:
-            before = json.load(file)
+        before = read_json(config_path)
         changed = {k: (before.get(k), v) for k, v in asdict(options).items()
                    if k in ("iterations", "batch_size", "seed", "kl_coef", "eval_every", "eval_prompts",
                             "policy", "reward_model", "prompts", "max_new_tokens", "min_new_tokens")
@@ -250,7 +257,7 @@ def main(argv=None) -> dict:
         print("RCfD skipped: not every training prompt has a demonstration")
         del baselines["rcfd"]
     if options.weights is not None:
-        baselines["custom"] = json.load(open(options.weights))
+        baselines["custom"] = read_json(options.weights)
     for name, weights in tqdm(baselines.items(), desc="baselines"):
         arms[name] = train_arm(name, weights, options.seed, setup, options, rcfd=name == "rcfd")
 
@@ -273,8 +280,10 @@ def main(argv=None) -> dict:
             # models; asking a point again then measures it again instead of replaying it.
             arm = train_arm(f"trial-{trial}", weights, options.seed + TRIAL_SEED_OFFSET + trial, setup, options)
             optimizer.tell(weights, arm["auc"], info={"arm": arm["arm"], "final": arm["final"], "kl": arm["kl"]})
-            arms[arm["arm"]] = arm
             bar.update()
+    for trial in optimizer.trials:  # trials finished before a resume are read back from their files
+        name = trial["info"]["arm"]
+        arms[name] = arms.get(name) or read_json(arm_path(options, name))
     best_weights, _ = optimizer.best()
 
     # 3. Confirm: the best weights and sparse again, at fresh seeds.

@@ -64,7 +64,9 @@ def test_interrupted_run_resumes_without_repeating_finished_work(tmp_path, task_
     monkeypatch.setattr(run, "train_arm", train_arm)
     trainer_class, made = run.ppo.PPOTrainer, []
     monkeypatch.setattr(run.ppo, "PPOTrainer", lambda *a, **k: made.append(1) or trainer_class(*a, **k))
-    run.main(argv)
+    result = run.main(argv)
+    assert {"trial-0", "trial-1"} <= set(result["arms"])  # finished before the resume, still reported
+    assert "| trial-0 |" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "trials.jsonl").read_text().startswith(first_trial)
     assert len((tmp_path / "trials.jsonl").read_text().splitlines()) == 3
     assert {p: os.stat(tmp_path / "arms" / p).st_mtime_ns for p in finished} == finished
