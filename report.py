@@ -49,13 +49,14 @@ def confirmation(arms: dict, reach: dict) -> str:
         return ""
     lines = ["| confirm (fresh seeds) | seeds | final reward | AUC | iterations to sparse's final |",
              "|---|---|---|---|---|"]
+    mean_iterations = {}
     for group, runs in groups.items():
         finals = np.array([arm["final"] for arm, _ in runs])
         aucs = np.array([arm["auc"] for arm, _ in runs])
-        iters = np.array([n for _, n in runs], dtype=float)
+        mean_iterations[group] = np.mean([n for _, n in runs])
         lines.append(f"| {group} | {len(runs)} | {finals.mean():+.2f} ± {finals.std():.2f} | "
-                     f"{aucs.mean():+.2f} | {iters.mean():.1f} |")
-    ratio = np.mean([n for _, n in groups["bo-best"]]) / max(np.mean([n for _, n in groups["sparse"]]), 1e-9)
+                     f"{aucs.mean():+.2f} | {mean_iterations[group]:.1f} |")
+    ratio = mean_iterations["bo-best"] / max(mean_iterations["sparse"], 1e-9)
     return "\n".join(lines) + f"\n\nIterations ratio bo-best / sparse = {ratio:.2f} (target <= 0.6).\n"
 
 
