@@ -346,8 +346,15 @@ def build_embedded(folder: str, config: TaskConfig) -> None:
     torch.manual_seed(config.seed)
     reviews = [random_review(rng) for _ in range(config.n_reviews)]
     policy_tokenizer, reward_tokenizer = make_tokenizer("[BOS]", "left"), make_tokenizer("[CLS]", "right")
-    reward_model = train_reward_model(reviews, reward_tokenizer, config, rng)
-    policy = train_policy(reviews, policy_tokenizer, config, rng)
+    # Float sums depend on how many threads share them: training on one thread, whatever the
+    # caller's setting, builds the same models on every machine and for every --threads.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reward_model = train_reward_model(reviews, reward_tokenizer, config, rng)
+        policy = train_policy(reviews, policy_tokenizer, config, rng)
+    finally:
+        torch.set_num_threads(threads)
     prompts, demonstrations = make_prompts(config.n_train_prompts + config.n_val_prompts, rng)
     os.makedirs(config.cache_dir, exist_ok=True)
     partial = tempfile.mkdtemp(dir=config.cache_dir, prefix=".partial-")

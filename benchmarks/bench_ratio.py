@@ -8,7 +8,7 @@ ratio of the means with each seed's own ratio beside it:
     iterations ratio = mean_s reach(weights, s) / mean_s reach(sparse, s)
     reach(arm, s) = first evaluated iteration at which arm's held-out reward >= sparse's final at seed s
 
-    python benchmarks/bench_ratio.py --seeds 6 [--weights '{"shap": 0.35, "lime": 0.65}'] [run.py options]
+    python benchmarks/bench_ratio.py --seeds 6 [--weights '{"lime": 1.0}'] [run.py options]
 
 Finished arms are kept in --out (default runs/bench_ratio), so an interrupted benchmark resumes.
 """
@@ -31,7 +31,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=6, help="seeds to train each arm on")
     parser.add_argument("--first-seed", type=int, default=1, help="seeds are first-seed, first-seed + 1, ...")
-    parser.add_argument("--weights", default='{"shap": 0.35, "lime": 0.65}',
+    parser.add_argument("--weights", default='{"lime": 1.0}',
                         help="JSON weights compared with sparse (default: the default run's best)")
     args, run_argv = parser.parse_known_args()
     options = run.parse_options(["--out", "runs/bench_ratio", *run_argv])

@@ -95,9 +95,19 @@ def test_sft_policy_writes_well_formed_reviews(embedded_task):
     assert well_formed / len(out) >= 0.9
 
 
-def test_same_seed_same_weights_and_cache_reload(tmp_path):
+def test_same_seed_same_weights_and_cache_reload(tmp_path, monkeypatch):
     first = task.build_task(task.TaskConfig(cache_dir=str(tmp_path / "a"), **SMALL))
-    second = task.build_task(task.TaskConfig(cache_dir=str(tmp_path / "b"), **SMALL))
+    # The caller's thread count must not reach the training: float sums change with it.
+    seen_threads, train_policy = [], task.train_policy
+    monkeypatch.setattr(task, "train_policy", lambda *args: seen_threads.append(torch.get_num_threads())
+                        or train_policy(*args))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        second = task.build_task(task.TaskConfig(cache_dir=str(tmp_path / "b"), **SMALL))
+    finally:
+        torch.set_num_threads(threads)
+    assert seen_threads == [1]
     for a, b in [(first.policy, second.policy), (first.reward_model, second.reward_model)]:
         for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(x, y), name
