@@ -104,6 +104,22 @@ def parse_options(argv=None) -> Options:
     return options
 
 
+def claim_output_folder(options) -> None:
+    """Write config.json, or exit if the folder holds finished arms trained with other options."""
+    config_path = os.path.join(options.out, "config.json")
+    if os.path.exists(config_path):
+        before = read_json(config_path)
+        changed = {k: (before.get(k), v) for k, v in asdict(options).items()
+                   if k in ("iterations", "batch_size", "seed", "learning_rate", "kl_coef", "eval_every",
+                            "eval_prompts", "lime_samples", "policy", "reward_model", "prompts",
+                            "max_new_tokens", "min_new_tokens")
+                   and before.get(k) != v}
+        if changed:
+            sys.exit(f"run.py: error: {options.out!r} holds a run with other options {changed} "
+                     "(old, new); pick another --out")
+    write_json(config_path, asdict(options))
+
+
 def write_json(path: str, payload) -> None:
     """Write to a temporary file, then rename: a crash never leaves a half-written result."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -240,18 +256,7 @@ def main(argv=None) -> dict:
     options = parse_options(argv)
     torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
-    config_path = os.path.join(options.out, "config.json")
-    if os.path.exists(config_path):
-        before = read_json(config_path)
-        changed = {k: (before.get(k), v) for k, v in asdict(options).items()
-                   if k in ("iterations", "batch_size", "seed", "learning_rate", "kl_coef", "eval_every",
-                            "eval_prompts", "lime_samples", "policy", "reward_model", "prompts",
-                            "max_new_tokens", "min_new_tokens")
-                   and before.get(k) != v}
-        if changed:
-            sys.exit(f"run.py: error: {options.out!r} holds a run with other options {changed} "
-                     "(old, new); pick another --out")
-    write_json(config_path, asdict(options))
+    claim_output_folder(options)
     setup = build_setup(options)
 
     # 1. Baselines: each a full PPO run from the SFT reference with the same budget.
