@@ -33,6 +33,11 @@ def reach_iterations(arms: dict) -> dict:
             for name, arm in arms.items()}
 
 
+def iterations_needed(arm: dict, reached: int | str) -> int:
+    """Iterations an arm needed to reach the target; one that never did counts as its whole run."""
+    return arm["curve"][-1]["iteration"] if reached == "never" else reached
+
+
 def confirmation(arms: dict, reach: dict) -> str:
     """Best weights vs sparse over the confirmation seeds: iterations to sparse's final reward.
 
@@ -43,8 +48,7 @@ def confirmation(arms: dict, reach: dict) -> str:
     for name, arm in arms.items():
         for group in groups:
             if name.startswith(group + "-seed"):
-                budget = arm["curve"][-1]["iteration"]
-                groups[group].append((arm, budget if reach[name] == "never" else reach[name]))
+                groups[group].append((arm, iterations_needed(arm, reach[name])))
     if not groups["bo-best"] or not groups["sparse"]:
         return ""
     lines = ["| confirm (fresh seeds) | seeds | final reward | AUC | iterations to sparse's final |",

@@ -25,6 +25,7 @@ import torch
 
 import report
 import run
+import shaping
 
 
 def main():
@@ -36,6 +37,7 @@ def main():
     args, run_argv = parser.parse_known_args()
     options = run.parse_options(["--out", "runs/bench_ratio", *run_argv])
     weights = json.loads(args.weights)
+    shaping.check_weights(weights)  # before minutes of training, not after
     torch.set_num_threads(options.threads)
     run.claim_output_folder(options)
     setup = run.build_setup(options)
@@ -45,8 +47,7 @@ def main():
         for name, arm_weights in [("bo-best", weights), ("sparse", run.BASELINES["sparse"])]:
             arms[f"{name}-seed{seed}"] = run.train_arm(f"{name}-seed{seed}", arm_weights, seed, setup, options)
     reach = report.reach_iterations(arms)
-    # An arm that never gets there counts as the whole run, as in the default run's summary.
-    dense, sparse = (np.array([options.iterations if reach[f"{name}-seed{s}"] == "never" else reach[f"{name}-seed{s}"]
+    dense, sparse = (np.array([report.iterations_needed(arms[f"{name}-seed{s}"], reach[f"{name}-seed{s}"])
                                for s in seeds]) for name in ("bo-best", "sparse"))
 
     print(f"weights {weights} vs sparse; learning rate {options.learning_rate}, {options.iterations} iterations, "
