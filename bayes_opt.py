@@ -16,11 +16,12 @@ w (w_k >= 0, sum_k w_k = 1), so there are few, noisy values and it pays to choos
         opt.tell(weights, J(weights))
     best_weights, best_value = opt.best()
 """
+
 import json
 import math
 import os
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.special import erfcx
@@ -36,6 +37,7 @@ LOCAL_STEP_SIZES = (0.02, 0.05, 0.1, 0.2)  # sd of the Gaussian steps around the
 
 
 # ---- Expected improvement and its logarithm ----
+
 
 def expected_improvement(mu, sigma, f_best, xi=0.0):
     """Closed-form EI for maximisation (Jones et al. 1998), E[max(f - f_best - xi, 0)] for
@@ -59,10 +61,11 @@ def log_h(z):
     out[direct] = np.log(norm.pdf(z[direct]) + z[direct] * norm.cdf(z[direct]))
     zt, zf = z[tail], z[far]
     log_ratio = np.log(-zt * erfcx(-zt / math.sqrt(2))) + 0.5 * math.log(math.pi / 2)  # < 0
-    log1mexp = np.where(log_ratio > -math.log(2), np.log(-np.expm1(log_ratio)),
-                        np.log1p(-np.exp(log_ratio)))  # log(1 - e^x), stable on both sides
-    out[tail] = -zt**2 / 2 - 0.5 * math.log(2 * math.pi) + log1mexp
-    out[far] = -zf**2 / 2 - 0.5 * math.log(2 * math.pi) - 2 * np.log(-zf) + np.log1p(-3 / zf**2)
+    log1mexp = np.where(
+        log_ratio > -math.log(2), np.log(-np.expm1(log_ratio)), np.log1p(-np.exp(log_ratio))
+    )  # log(1 - e^x), stable on both sides
+    out[tail] = -(zt**2) / 2 - 0.5 * math.log(2 * math.pi) + log1mexp
+    out[far] = -(zf**2) / 2 - 0.5 * math.log(2 * math.pi) - 2 * np.log(-zf) + np.log1p(-3 / zf**2)
     return out
 
 
@@ -75,6 +78,7 @@ def log_expected_improvement(mu, sigma, f_best, xi=0.0):
 
 # ---- The GP surrogate ----
 
+
 def fit_gp(points, values, n_restarts=2, random_state=0):
     """GP regression of values (N,) on points (N, K): ConstantKernel x Matern(nu=2.5, one length
     scale per weight) + WhiteKernel, normalize_y=True, hyperparameters by restarted ML-II.
@@ -84,11 +88,12 @@ def fit_gp(points, values, n_restarts=2, random_state=0):
     linear), noise >= 1% of the variance (every evaluation is noisy: no interpolating), signal
     >= 30% of it (the GP may not call everything noise and stop exploring)."""
     num_weights = points.shape[1]
-    kernel = (ConstantKernel(1.0, (0.3, 10.0))
-              * Matern(length_scale=np.full(num_weights, 0.5), length_scale_bounds=(0.2, 2.0), nu=2.5)
-              + WhiteKernel(noise_level=0.1, noise_level_bounds=(1e-2, 1.0)))
-    gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=n_restarts,
-                                  random_state=random_state)
+    kernel = ConstantKernel(1.0, (0.3, 10.0)) * Matern(
+        length_scale=np.full(num_weights, 0.5), length_scale_bounds=(0.2, 2.0), nu=2.5
+    ) + WhiteKernel(noise_level=0.1, noise_level_bounds=(1e-2, 1.0))
+    gp = GaussianProcessRegressor(
+        kernel, normalize_y=True, n_restarts_optimizer=n_restarts, random_state=random_state
+    )
     # One BLAS thread: on matrices this small, extra threads only contend (10x slower on busy cores).
     with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
         warnings.simplefilter("ignore", ConvergenceWarning)  # a hyperparameter at its bound is fine
@@ -102,12 +107,13 @@ def latent_posterior(gp, points):
     The fitted WhiteKernel noise is in normalised units (normalize_y divides y by its std), so in
     the units of y it is noise_level * y_std^2; EI needs the latent part alone."""
     mu, predictive_std = gp.predict(points, return_std=True)
-    y_variance = gp._y_train_std ** 2  # sklearn's normalize_y scale: the std of the training values
+    y_variance = gp._y_train_std**2  # sklearn's normalize_y scale: the std of the training values
     latent_variance = predictive_std**2 - gp.kernel_.k2.noise_level * y_variance
     return mu, np.sqrt(np.maximum(latent_variance, 1e-12 * y_variance))
 
 
 # ---- Candidates on the simplex ----
+
 
 def project_to_simplex(points):
     """Euclidean projection of each row of points (M, K) onto {w : w >= 0, sum w = 1}
@@ -125,11 +131,18 @@ def simplex_candidates(incumbent, rng, n_random, n_local):
     num_weights = len(incumbent)
     step_sizes = rng.choice(LOCAL_STEP_SIZES, size=(n_local, 1))
     local = project_to_simplex(incumbent + step_sizes * rng.standard_normal((n_local, num_weights)))
-    return np.vstack([rng.dirichlet(np.ones(num_weights), n_random), np.eye(num_weights),
-                      np.full((1, num_weights), 1 / num_weights), local])
+    return np.vstack(
+        [
+            rng.dirichlet(np.ones(num_weights), n_random),
+            np.eye(num_weights),
+            np.full((1, num_weights), 1 / num_weights),
+            local,
+        ]
+    )
 
 
 # ---- Ask / tell ----
+
 
 class BayesOpt:
     """GP + log-EI optimiser of K weights on the simplex, with a resumable JSONL trial log.
@@ -137,9 +150,17 @@ class BayesOpt:
     Every ask() draws its randomness from (seed, number of trials told), so a run resumed from its
     log asks exactly what the uninterrupted run would have asked."""
 
-    def __init__(self, names: Sequence[str], log_path: str | None = None, seed: int = 0,
-                 n_initial: int = 4, xi: float = 0.01, n_random: int = 2000, n_local: int = 500,
-                 n_restarts: int = 2):
+    def __init__(
+        self,
+        names: Sequence[str],
+        log_path: str | None = None,
+        seed: int = 0,
+        n_initial: int = 4,
+        xi: float = 0.01,
+        n_random: int = 2000,
+        n_local: int = 500,
+        n_restarts: int = 2,
+    ):
         """names: the K weight names; n_initial: trials (centroid, then Dirichlet(1) samples) before
         the GP takes over; xi: EI margin in standard deviations of the observed values;
         n_random / n_local: Dirichlet / incumbent-step candidates per ask; n_restarts: GP fits."""
@@ -164,8 +185,9 @@ class BayesOpt:
             point = rng.dirichlet(np.ones(num_weights))
         else:
             gp, points, observed_means = self._surrogate()
-            candidates = simplex_candidates(points[np.argmax(observed_means)], rng,
-                                            self.n_random, self.n_local)
+            candidates = simplex_candidates(
+                points[np.argmax(observed_means)], rng, self.n_random, self.n_local
+            )
             mu, sigma = latent_posterior(gp, candidates)
             xi = self.xi * gp._y_train_std
             point = candidates[np.argmax(log_expected_improvement(mu, sigma, observed_means.max(), xi))]
@@ -176,8 +198,12 @@ class BayesOpt:
         self._check_weights(weights)
         if not math.isfinite(float(value)):
             raise ValueError(f"value must be a finite number, got {value!r}")
-        trial = {"trial": len(self.trials), "weights": {name: float(weights[name]) for name in self.names},
-                 "value": float(value), "info": info or {}}
+        trial = {
+            "trial": len(self.trials),
+            "weights": {name: float(weights[name]) for name in self.names},
+            "value": float(value),
+            "info": info or {},
+        }
         line = json.dumps(trial, default=float) + "\n"  # numpy/torch scalars in info become floats
         if self.log_path is not None:
             with open(self.log_path, "a") as log:
@@ -235,12 +261,15 @@ class BayesOpt:
                 unfinished = line
                 break
             if trial.get("trial") != len(self.trials) or set(trial.get("weights", ())) != set(self.names):
-                raise ValueError(f"{self.log_path}: line {number} is not trial {len(self.trials)} "
-                                 f"over weights {list(self.names)}: {trial}")
+                raise ValueError(
+                    f"{self.log_path}: line {number} is not trial {len(self.trials)} "
+                    f"over weights {list(self.names)}: {trial}"
+                )
             self._check_weights(trial["weights"])
             self.trials.append(trial)
             num_complete_bytes += len(line) + 1
         if unfinished:
-            warnings.warn(f"{self.log_path}: ignoring an unfinished last line ({unfinished[:60]!r})")
+            message = f"{self.log_path}: ignoring an unfinished last line ({unfinished[:60]!r})"
+            warnings.warn(message, stacklevel=2)
             with open(self.log_path, "r+b") as log:
                 log.truncate(num_complete_bytes)

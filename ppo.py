@@ -21,6 +21,7 @@ Shapes: B responses, P prompt length (left-padded), T longest response (right-pa
 `response_mask (B, T)` is 1 on real response tokens up to and including EOS; every per-token
 tensor is zero outside it.
 """
+
 import copy
 import time
 from dataclasses import dataclass
@@ -85,15 +86,19 @@ class PPOConfig:
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator={self.kl_estimator!r}, expected 'k1' or 'k3'")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens or self.max_new_tokens < 1:
-            raise ValueError(f"need 0 <= min_new_tokens ({self.min_new_tokens}) <= "
-                             f"max_new_tokens ({self.max_new_tokens}), max_new_tokens >= 1")
+            raise ValueError(
+                f"need 0 <= min_new_tokens ({self.min_new_tokens}) <= "
+                f"max_new_tokens ({self.max_new_tokens}), max_new_tokens >= 1"
+            )
         if self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature}, expected > 0")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p={self.top_p}, expected in (0, 1]")
         if self.top_k < 0 or self.minibatch_size < 1 or self.ppo_epochs < 1:
-            raise ValueError(f"top_k={self.top_k}, minibatch_size={self.minibatch_size}, "
-                             f"ppo_epochs={self.ppo_epochs}: expected >= 0, >= 1, >= 1")
+            raise ValueError(
+                f"top_k={self.top_k}, minibatch_size={self.minibatch_size}, "
+                f"ppo_epochs={self.ppo_epochs}: expected >= 0, >= 1, >= 1"
+            )
         if self.target_kl is not None and self.target_kl <= 0:
             raise ValueError(f"target_kl={self.target_kl}, expected > 0 or None")
 
@@ -101,20 +106,22 @@ class PPOConfig:
 @dataclass
 class Rollout:
     """Everything one iteration sampled, on the trainer's device."""
-    prompt_ids: torch.Tensor       # (B, P) left-padded
-    prompt_mask: torch.Tensor      # (B, P)
-    response_ids: torch.Tensor     # (B, T) pad after EOS
-    response_mask: torch.Tensor    # (B, T) 1 up to and including EOS
-    logprobs: torch.Tensor         # (B, T) log pi_old(y_t | x, y_<t)
-    ref_logprobs: torch.Tensor     # (B, T) log pi_ref(y_t | x, y_<t)
-    values: torch.Tensor           # (B, T) V(x, y_<t)
-    generation_seconds: float      # time spent sampling
-    forward_seconds: float         # time spent in the two log-prob forwards
+
+    prompt_ids: torch.Tensor  # (B, P) left-padded
+    prompt_mask: torch.Tensor  # (B, P)
+    response_ids: torch.Tensor  # (B, T) pad after EOS
+    response_mask: torch.Tensor  # (B, T) 1 up to and including EOS
+    logprobs: torch.Tensor  # (B, T) log pi_old(y_t | x, y_<t)
+    ref_logprobs: torch.Tensor  # (B, T) log pi_ref(y_t | x, y_<t)
+    values: torch.Tensor  # (B, T) V(x, y_<t)
+    generation_seconds: float  # time spent sampling
+    forward_seconds: float  # time spent in the two log-prob forwards
 
 
 # ---------------------------------------------------------------------------------------
 # Masked tensor helpers
 # ---------------------------------------------------------------------------------------
+
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of x over the positions where mask is 1: sum(x * m) / sum(m)."""
@@ -134,9 +141,11 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def sparse_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """r_t = R [t == T_i]: each sequence score on its response's last real token (never a pad)."""
     if scores.shape != response_mask.shape[:1]:
-        raise ValueError(f"scores of shape {tuple(scores.shape)} do not match "
-                         f"response_mask of shape {tuple(response_mask.shape)}: expected (B,)")
-    last = response_mask.sum(dim=1).long() - 1                                  # (B,)
+        raise ValueError(
+            f"scores of shape {tuple(scores.shape)} do not match "
+            f"response_mask of shape {tuple(response_mask.shape)}: expected (B,)"
+        )
+    last = response_mask.sum(dim=1).long() - 1  # (B,)
     if (last < 0).any():
         raise ValueError("a response has no real token: response_mask has an all-zero row")
     rewards = torch.zeros(response_mask.shape, dtype=torch.float32, device=response_mask.device)
@@ -144,8 +153,9 @@ def sparse_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> t
     return rewards
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor,
-        gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016), one reverse scan over T.
 
         delta_t = r_t + gamma V_{t+1} - V_t
@@ -156,15 +166,15 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor
     Pads carry r = V = 0, so they add nothing. Returns (advantages, returns), both (B, T).
     """
     rewards, values = rewards * response_mask, values * response_mask
-    next_value = torch.zeros_like(values[:, 0])                                 # (B,)
-    next_advantage = torch.zeros_like(values[:, 0])                             # (B,)
+    next_value = torch.zeros_like(values[:, 0])  # (B,)
+    next_advantage = torch.zeros_like(values[:, 0])  # (B,)
     advantages = []
     for t in reversed(range(rewards.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         next_advantage = delta + gamma * lam * next_advantage
         next_value = values[:, t]
         advantages.append(next_advantage)
-    advantages = torch.stack(advantages[::-1], dim=1) * response_mask           # (B, T)
+    advantages = torch.stack(advantages[::-1], dim=1) * response_mask  # (B, T)
     return advantages, advantages + values
 
 
@@ -172,13 +182,21 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor
 # Forward passes: sampling and log-probs
 # ---------------------------------------------------------------------------------------
 
+
 def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """position_ids = cumsum(mask) - 1, clamped at 0: each row's first real token sits at 0."""
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
-def response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask,
-                      temperature: float = 1.0, value_head: nn.Module | None = None):
+def response_logprobs(
+    model,
+    prompt_ids,
+    prompt_mask,
+    response_ids,
+    response_mask,
+    temperature: float = 1.0,
+    value_head: nn.Module | None = None,
+):
     """One forward over [prompt; response] -> log pi(y_t | x, y_<t), entropy, V(x, y_<t).
 
     The state before response token t sits at position P - 1 + t, so the T states that
@@ -188,22 +206,31 @@ def response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mas
     Returns (logprobs, entropy, values), each (B, T) and zero outside response_mask;
     values is None without a value head.
     """
-    input_ids = torch.cat([prompt_ids, response_ids[:, :-1]], dim=1)           # (B, P+T-1)
-    attention_mask = torch.cat([prompt_mask, response_mask[:, :-1]], dim=1)    # (B, P+T-1)
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=left_padded_positions(attention_mask)).last_hidden_state
-    hidden = hidden[:, prompt_ids.shape[1] - 1:]                                # (B, T, H)
-    logits = model.get_output_embeddings()(hidden).float() / temperature        # (B, T, V)
-    all_logprobs = F.log_softmax(logits, dim=-1)                                # (B, T, V)
+    input_ids = torch.cat([prompt_ids, response_ids[:, :-1]], dim=1)  # (B, P+T-1)
+    attention_mask = torch.cat([prompt_mask, response_mask[:, :-1]], dim=1)  # (B, P+T-1)
+    hidden = model.base_model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=left_padded_positions(attention_mask)
+    ).last_hidden_state
+    hidden = hidden[:, prompt_ids.shape[1] - 1 :]  # (B, T, H)
+    logits = model.get_output_embeddings()(hidden).float() / temperature  # (B, T, V)
+    all_logprobs = F.log_softmax(logits, dim=-1)  # (B, T, V)
     logprobs = all_logprobs.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
-    entropy = -(all_logprobs.exp() * all_logprobs).sum(dim=-1)                  # (B, T)
+    entropy = -(all_logprobs.exp() * all_logprobs).sum(dim=-1)  # (B, T)
     values = None if value_head is None else value_head(hidden).squeeze(-1).float() * response_mask
     return logprobs * response_mask, entropy * response_mask, values
 
 
 @torch.no_grad()
-def sample(model, prompt_ids, prompt_mask, config: PPOConfig, pad_token_id: int,
-           eos_token_id: int, greedy: bool = False, generator: torch.Generator | None = None):
+def sample(
+    model,
+    prompt_ids,
+    prompt_mask,
+    config: PPOConfig,
+    pad_token_id: int,
+    eos_token_id: int,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+):
     """Autoregressive sampling with a KV cache from left-padded prompts.
 
     Each step feeds one token with its own position (last position + 1) and the grown
@@ -214,14 +241,19 @@ def sample(model, prompt_ids, prompt_mask, config: PPOConfig, pad_token_id: int,
     """
     batch = prompt_ids.shape[0]
     attention_mask = prompt_mask.long()
-    positions = left_padded_positions(attention_mask)                           # (B, P)
-    out = model(input_ids=prompt_ids, attention_mask=attention_mask, position_ids=positions,
-                use_cache=True, logits_to_keep=1)
-    next_position = positions[:, -1:] + 1                                       # (B, 1)
+    positions = left_padded_positions(attention_mask)  # (B, P)
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    next_position = positions[:, -1:] + 1  # (B, 1)
     done = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     tokens, masks = [], []
     for step in range(config.max_new_tokens):
-        logits = out.logits[:, -1].float() / config.temperature                  # (B, V)
+        logits = out.logits[:, -1].float() / config.temperature  # (B, V)
         if step < config.min_new_tokens:
             logits[:, eos_token_id] = -float("inf")
         if greedy:
@@ -236,9 +268,13 @@ def sample(model, prompt_ids, prompt_mask, config: PPOConfig, pad_token_id: int,
         if done.all():
             break
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-        out = model(input_ids=token[:, None], attention_mask=attention_mask,
-                    position_ids=next_position, past_key_values=out.past_key_values,
-                    use_cache=True)
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=attention_mask,
+            position_ids=next_position,
+            past_key_values=out.past_key_values,
+            use_cache=True,
+        )
         next_position = next_position + 1
     return torch.stack(tokens, dim=1), torch.stack(masks, dim=1).long()
 
@@ -251,8 +287,8 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     if top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         sorted_probs = F.softmax(sorted_logits, dim=-1)
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs                 # (B, V)
-        remove_sorted = mass_before > top_p                                     # (B, V)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # (B, V)
+        remove_sorted = mass_before > top_p  # (B, V)
         remove = torch.empty_like(remove_sorted).scatter_(-1, order, remove_sorted)
         logits = logits.masked_fill(remove, -float("inf"))
     return logits
@@ -269,11 +305,11 @@ def clock(device: torch.device) -> float:
 # The trainer
 # ---------------------------------------------------------------------------------------
 
+
 class PPOTrainer:
     """Holds the policy, its frozen reference, the value head, the optimiser and the KL coef."""
 
-    def __init__(self, policy, config: PPOConfig, pad_token_id: int, eos_token_id: int,
-                 ref_policy=None):
+    def __init__(self, policy, config: PPOConfig, pad_token_id: int, eos_token_id: int, ref_policy=None):
         if config.device == "auto":
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         else:
@@ -295,8 +331,7 @@ class PPOTrainer:
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
         self.parameters = list(self.policy.parameters()) + list(self.value_head.parameters())
         # Adam eps 1e-5 (37 implementation details, detail 3).
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, eps=1e-5,
-                                           fused=True)
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, eps=1e-5, fused=True)
 
     def autocast(self):
         """bfloat16 autocast when config.bf16 (cuda only), otherwise a no-op context."""
@@ -306,8 +341,15 @@ class PPOTrainer:
         """Sample (or greedily decode) responses; CPU tensors in, CPU tensors out."""
         with self.autocast():
             response_ids, response_mask = sample(
-                self.policy, prompt_ids.to(self.device), prompt_mask.to(self.device), self.config,
-                self.pad_token_id, self.eos_token_id, greedy=greedy, generator=self.generator)
+                self.policy,
+                prompt_ids.to(self.device),
+                prompt_mask.to(self.device),
+                self.config,
+                self.pad_token_id,
+                self.eos_token_id,
+                greedy=greedy,
+                generator=self.generator,
+            )
         return response_ids.cpu(), response_mask.cpu()
 
     # --- 1. rollout -----------------------------------------------------------------
@@ -318,25 +360,42 @@ class PPOTrainer:
         start = clock(self.device)
         with self.autocast():
             response_ids, response_mask = sample(
-                self.policy, prompt_ids, prompt_mask, self.config, self.pad_token_id,
-                self.eos_token_id, generator=self.generator)
+                self.policy,
+                prompt_ids,
+                prompt_mask,
+                self.config,
+                self.pad_token_id,
+                self.eos_token_id,
+                generator=self.generator,
+            )
         generated = clock(self.device)
         with self.autocast():
             batch = (prompt_ids, prompt_mask, response_ids, response_mask, self.config.temperature)
             logprobs, _, values = response_logprobs(self.policy, *batch, value_head=self.value_head)
             ref_logprobs, _, _ = response_logprobs(self.ref_policy, *batch)
-        return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, logprobs,
-                       ref_logprobs, values, generation_seconds=generated - start,
-                       forward_seconds=clock(self.device) - generated)
+        return Rollout(
+            prompt_ids,
+            prompt_mask,
+            response_ids,
+            response_mask,
+            logprobs,
+            ref_logprobs,
+            values,
+            generation_seconds=generated - start,
+            forward_seconds=clock(self.device) - generated,
+        )
 
     # --- 2-4. rewards, GAE, PPO epochs ------------------------------------------------
-    def update(self, rollout: Rollout, token_rewards: torch.Tensor,
-               scores: torch.Tensor | None = None) -> dict[str, float]:
+    def update(
+        self, rollout: Rollout, token_rewards: torch.Tensor, scores: torch.Tensor | None = None
+    ) -> dict[str, float]:
         """One PPO iteration on a rollout; token_rewards (B, T) come from the caller."""
         config, mask = self.config, rollout.response_mask.float()
         if token_rewards.shape != mask.shape:
-            raise ValueError(f"token_rewards of shape {tuple(token_rewards.shape)}, expected "
-                             f"the response shape {tuple(mask.shape)}")
+            raise ValueError(
+                f"token_rewards of shape {tuple(token_rewards.shape)}, expected "
+                f"the response shape {tuple(mask.shape)}"
+            )
         token_rewards = token_rewards.to(self.device, torch.float32)
         if (token_rewards * (1 - mask)).abs().max() > 0:
             raise ValueError("token_rewards must be zero outside response_mask (after EOS)")
@@ -344,12 +403,12 @@ class PPOTrainer:
 
         # 2. Per-token KL penalty (Ziegler et al. 2019): r_t - kl_coef * KL_t, with (Schulman 2020)
         #    k1 = log(pi / pi_ref)  or  k3 = (rho - 1) - log(rho), rho = pi_ref / pi.
-        log_ratio_ref = (rollout.logprobs - rollout.ref_logprobs) * mask           # (B, T)
+        log_ratio_ref = (rollout.logprobs - rollout.ref_logprobs) * mask  # (B, T)
         if config.kl_estimator == "k1":
             kl_penalty = log_ratio_ref
         else:
             kl_penalty = ((-log_ratio_ref).exp() - 1 + log_ratio_ref) * mask
-        rewards = token_rewards - self.kl_coef * kl_penalty                       # (B, T)
+        rewards = token_rewards - self.kl_coef * kl_penalty  # (B, T)
 
         # 3. GAE, then whitening over real tokens (37 details, detail 7).
         advantages, returns = gae(rewards, rollout.values, mask, config.gamma, config.lam)
@@ -362,38 +421,52 @@ class PPOTrainer:
         for _ in range(config.ppo_epochs):
             order = torch.randperm(batch_size, generator=self.generator, device=self.device)
             for start_row in range(0, batch_size, config.minibatch_size):
-                rows = order[start_row:start_row + config.minibatch_size]
+                rows = order[start_row : start_row + config.minibatch_size]
                 mb_mask = mask[rows]
                 with self.autocast():
                     logprobs, entropy, values = response_logprobs(
-                        self.policy, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
-                        rollout.response_ids[rows], rollout.response_mask[rows],
-                        config.temperature, self.value_head)
+                        self.policy,
+                        rollout.prompt_ids[rows],
+                        rollout.prompt_mask[rows],
+                        rollout.response_ids[rows],
+                        rollout.response_mask[rows],
+                        config.temperature,
+                        self.value_head,
+                    )
                 # Clipped surrogate: max(-A r, -A clip(r, 1 - eps, 1 + eps)), r = pi / pi_old.
                 log_ratio = (logprobs - rollout.logprobs[rows]) * mb_mask
                 ratio = log_ratio.exp()
                 clipped_ratio = ratio.clamp(1 - config.clip_range, 1 + config.clip_range)
-                policy_loss = masked_mean(torch.max(-advantages[rows] * ratio,
-                                                    -advantages[rows] * clipped_ratio), mb_mask)
+                policy_loss = masked_mean(
+                    torch.max(-advantages[rows] * ratio, -advantages[rows] * clipped_ratio), mb_mask
+                )
                 # Clipped value loss (37 details, detail 9): 0.5 max((V - G)^2, (V_clip - G)^2).
                 old_values, mb_returns = rollout.values[rows], returns[rows]
                 values_clipped = old_values + (values - old_values).clamp(
-                    -config.clip_range_value, config.clip_range_value)
-                value_loss = 0.5 * masked_mean(torch.max(
-                    (values - mb_returns) ** 2, (values_clipped - mb_returns) ** 2), mb_mask)
+                    -config.clip_range_value, config.clip_range_value
+                )
+                value_loss = 0.5 * masked_mean(
+                    torch.max((values - mb_returns) ** 2, (values_clipped - mb_returns) ** 2), mb_mask
+                )
                 mean_entropy = masked_mean(entropy, mb_mask)
-                loss = (policy_loss + config.vf_coef * value_loss
-                        - config.entropy_coef * mean_entropy)
+                loss = policy_loss + config.vf_coef * value_loss - config.entropy_coef * mean_entropy
 
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.parameters, config.max_grad_norm)  # detail 11
                 self.optimizer.step()
                 with torch.no_grad():
-                    minibatch_stats.append(torch.stack([
-                        policy_loss, value_loss, mean_entropy,
-                        masked_mean(((ratio - 1).abs() > config.clip_range).float(), mb_mask),
-                        masked_mean(ratio - 1 - log_ratio, mb_mask)]))   # k3 of pi_old vs pi
+                    minibatch_stats.append(
+                        torch.stack(
+                            [
+                                policy_loss,
+                                value_loss,
+                                mean_entropy,
+                                masked_mean(((ratio - 1).abs() > config.clip_range).float(), mb_mask),
+                                masked_mean(ratio - 1 - log_ratio, mb_mask),
+                            ]
+                        )
+                    )  # k3 of pi_old vs pi
                     if first_ratio_error is None:
                         # Before any step pi == pi_old, so this is 0 up to float rounding;
                         # anything else means the log-prob recomputation is inconsistent.
@@ -413,9 +486,10 @@ class PPOTrainer:
             **dict(zip(names, means)),
             "kl": sequence_kl,
             "kl_coef": kl_coef_used,
-            "first_ratio_error": first_ratio_error.item(),   # max |pi/pi_old - 1|, first minibatch
-            "explained_variance": (1 - masked_var(returns - rollout.values, mask)
-                                   / masked_var(returns, mask)).item(),
+            "first_ratio_error": first_ratio_error.item(),  # max |pi/pi_old - 1|, first minibatch
+            "explained_variance": (
+                1 - masked_var(returns - rollout.values, mask) / masked_var(returns, mask)
+            ).item(),
             "response_length": mask.sum(dim=1).mean().item(),
             "time_generation": rollout.generation_seconds,
             "time_forward": rollout.forward_seconds,

@@ -3,6 +3,7 @@
 Plain presentation of plain data (each arm's learning curve, the credit each method gives
 each token); it imports no stage, so run.py stays the algorithm.
 """
+
 import csv
 import html
 import os
@@ -29,8 +30,10 @@ def reach_iterations(arms: dict) -> dict:
     """Per arm: iterations until it first reaches the final reward of sparse at the same seed
     ("never" if it does not; None where no sparse run shares its seed, e.g. BO trials)."""
     sparse_final = {arm["seed"]: arm["final"] for arm in arms.values() if is_sparse(arm)}
-    return {name: first_reach(arm["curve"], sparse_final[arm["seed"]]) if arm["seed"] in sparse_final else None
-            for name, arm in arms.items()}
+    return {
+        name: first_reach(arm["curve"], sparse_final[arm["seed"]]) if arm["seed"] in sparse_final else None
+        for name, arm in arms.items()
+    }
 
 
 def iterations_needed(arm: dict, reached: int | str) -> int:
@@ -51,15 +54,19 @@ def confirmation(arms: dict, reach: dict) -> str:
                 groups[group].append((arm, iterations_needed(arm, reach[name])))
     if not groups["bo-best"] or not groups["sparse"]:
         return ""
-    lines = ["| confirm (fresh seeds) | seeds | final reward | AUC | iterations to sparse's final |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| confirm (fresh seeds) | seeds | final reward | AUC | iterations to sparse's final |",
+        "|---|---|---|---|---|",
+    ]
     mean_iterations = {}
     for group, runs in groups.items():
         finals = np.array([arm["final"] for arm, _ in runs])
         aucs = np.array([arm["auc"] for arm, _ in runs])
         mean_iterations[group] = np.mean([n for _, n in runs])
-        lines.append(f"| {group} | {len(runs)} | {finals.mean():+.2f} ± {finals.std():.2f} | "
-                     f"{aucs.mean():+.2f} | {mean_iterations[group]:.1f} |")
+        lines.append(
+            f"| {group} | {len(runs)} | {finals.mean():+.2f} ± {finals.std():.2f} | "
+            f"{aucs.mean():+.2f} | {mean_iterations[group]:.1f} |"
+        )
     ratio = mean_iterations["bo-best"] / max(mean_iterations["sparse"], 1e-9)
     return "\n".join(lines) + f"\n\nIterations ratio bo-best / sparse = {ratio:.2f} (target <= 0.6).\n"
 
@@ -68,16 +75,25 @@ def summary_table(arms: dict, best_weights: dict, fidelity: dict) -> str:
     reach = reach_iterations(arms)
     weights = lambda w: ", ".join(f"{k} {v:.2f}" for k, v in w.items() if v > 0.005)  # noqa: E731
     number = lambda x, fmt: "–" if x is None else format(x, fmt)  # noqa: E731
-    lines = ["| arm | weights | final reward | AUC | iterations to sparse's final | KL | credit fidelity | seconds |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| arm | weights | final reward | AUC | iterations to sparse's final | KL | credit fidelity "
+        "| seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, arm in arms.items():
-        lines.append(f"| {name} | {weights(arm['weights'])} | {arm['final']:+.2f} | {arm['auc']:+.2f} | "
-                     f"{number(reach[name], '')} | {arm['kl']:.2f} | {number(fidelity.get(name), '.2f')} | "
-                     f"{arm['seconds']:.0f} |")
-    return ("## Results\n\nFinal reward: mean held-out RM score over the last two evaluations. AUC: mean "
-            "held-out reward over the evaluations after the start (the BO objective J). Credit fidelity: "
-            "correlation of r'_t with the ground-truth token credit on SFT responses.\n\n"
-            + "\n".join(lines) + f"\n\nBest BO weights: {weights(best_weights)}\n\n" + confirmation(arms, reach))
+        lines.append(
+            f"| {name} | {weights(arm['weights'])} | {arm['final']:+.2f} | {arm['auc']:+.2f} | "
+            f"{number(reach[name], '')} | {arm['kl']:.2f} | {number(fidelity.get(name), '.2f')} | "
+            f"{arm['seconds']:.0f} |"
+        )
+    return (
+        "## Results\n\nFinal reward: mean held-out RM score over the last two evaluations. AUC: mean "
+        "held-out reward over the evaluations after the start (the BO objective J). Credit fidelity: "
+        "correlation of r'_t with the ground-truth token credit on SFT responses.\n\n"
+        + "\n".join(lines)
+        + f"\n\nBest BO weights: {weights(best_weights)}\n\n"
+        + confirmation(arms, reach)
+    )
 
 
 def write_curves(out: str, arms: dict) -> None:
@@ -86,7 +102,9 @@ def write_curves(out: str, arms: dict) -> None:
         writer.writerow(["arm", "seed", "iteration", "reward", "kl"])
         for name, arm in arms.items():
             for point in arm["curve"]:
-                writer.writerow([name, arm["seed"], point["iteration"], f"{point['reward']:.4f}", f"{point['kl']:.4f}"])
+                writer.writerow(
+                    [name, arm["seed"], point["iteration"], f"{point['reward']:.4f}", f"{point['kl']:.4f}"]
+                )
     figure, axis = plt.subplots(figsize=(8, 5))
     labelled = set()
     for name, arm in arms.items():
@@ -116,18 +134,22 @@ def colour(value: float, scale: float) -> str:
 
 def write_tokens(out: str, credit: dict, n_examples: int = 8) -> None:
     rows = {"truth": credit["truth"], **credit["credit"]} if credit["truth"] is not None else credit["credit"]
-    parts = ["<html><head><meta charset='utf-8'><title>Token credit</title><style>"
-             "body{font-family:sans-serif} td{padding:2px 5px} td.m{font-weight:bold;text-align:right}"
-             "</style></head><body><h1>The credit each method gives each response token</h1>"
-             "<p>Green: positive reward, red: negative; opacity relative to the row's largest value. "
-             "Hover a token for its value. <i>truth</i> is the embedded task's ground-truth credit.</p>"]
+    parts = [
+        "<html><head><meta charset='utf-8'><title>Token credit</title><style>"
+        "body{font-family:sans-serif} td{padding:2px 5px} td.m{font-weight:bold;text-align:right}"
+        "</style></head><body><h1>The credit each method gives each response token</h1>"
+        "<p>Green: positive reward, red: negative; opacity relative to the row's largest value. "
+        "Hover a token for its value. <i>truth</i> is the embedded task's ground-truth credit.</p>"
+    ]
     for i, tokens in enumerate(credit["tokens"][:n_examples]):
         parts.append(f"<h3>{html.escape(credit['prompts'][i])} …</h3><table>")
         for method in [m for m in SHOWN if m in rows]:
-            values = rows[method][i][:len(tokens)]
+            values = rows[method][i][: len(tokens)]
             scale = max(abs(v) for v in values) if values else 0.0
-            cells = "".join(f"<td style='background:{colour(v, scale)}' title='{v:+.3f}'>{html.escape(t)}</td>"
-                            for t, v in zip(tokens, values))
+            cells = "".join(
+                f"<td style='background:{colour(v, scale)}' title='{v:+.3f}'>{html.escape(t)}</td>"
+                for t, v in zip(tokens, values)
+            )
             parts.append(f"<tr><td class='m'>{method}</td>{cells}</tr>")
         parts.append("</table>")
     with open(os.path.join(out, "tokens.html"), "w", encoding="utf-8") as file:

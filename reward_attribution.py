@@ -15,10 +15,11 @@ concatenation of the token pieces, a hidden piece replaced by a mask string (or 
 So SHAP and LIME need no token alignment, and the tokenizers may differ. Attention lives on
 RM tokens and reaches policy tokens through character offsets.
 """
+
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Callable
 
 import numpy as np
 import shap
@@ -26,8 +27,10 @@ import torch
 from lime.lime_base import LimeBase
 from sklearn.linear_model import Ridge
 from sklearn.metrics.pairwise import pairwise_distances
-from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                    MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
 
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]  # (prompts, responses) -> scores (N,)
 METHODS = ("shap", "lime", "attention")
@@ -65,8 +68,10 @@ class AttributionConfig:
         if self.shap_permutations < 2 or self.shap_permutations % 2:
             raise ValueError(f"shap_permutations={self.shap_permutations}; expected an even number >= 2")
         if self.lime_samples < 2 or self.lime_kernel_width <= 0 or self.lime_ridge_alpha < 0:
-            raise ValueError(f"lime_samples={self.lime_samples}, lime_kernel_width={self.lime_kernel_width}, "
-                             f"lime_ridge_alpha={self.lime_ridge_alpha}; expected >= 2, > 0, >= 0")
+            raise ValueError(
+                f"lime_samples={self.lime_samples}, lime_kernel_width={self.lime_kernel_width}, "
+                f"lime_ridge_alpha={self.lime_ridge_alpha}; expected >= 2, > 0, >= 0"
+            )
         if self.max_rows_per_call < 1:
             raise ValueError(f"max_rows_per_call={self.max_rows_per_call}; expected >= 1")
 
@@ -83,20 +88,25 @@ def response_texts(tokenizer, prompt_ids, response_ids, response_mask) -> tuple[
     also keeps a byte-level BPE character split over two tokens whole, in the later piece.
     """
     if response_mask.ndim != 2 or response_mask.shape != response_ids.shape:
-        raise ValueError(f"response_mask has shape {tuple(response_mask.shape)}; expected response_ids' "
-                         f"shape {tuple(response_ids.shape)}")
+        raise ValueError(
+            f"response_mask has shape {tuple(response_mask.shape)}; expected response_ids' "
+            f"shape {tuple(response_ids.shape)}"
+        )
     lengths = response_mask.sum(1).long()  # (B,)
     positions = torch.arange(response_mask.shape[1])
     if not torch.equal(response_mask.bool(), positions < lengths[:, None]) or (lengths == 0).any():
-        raise ValueError("response_mask must be 1 on a non-empty run of tokens from position 0 "
-                         f"and 0 after; got rows {response_mask.long().tolist()}")
+        raise ValueError(
+            "response_mask must be 1 on a non-empty run of tokens from position 0 "
+            f"and 0 after; got rows {response_mask.long().tolist()}"
+        )
     prompts, pieces = [], []
     for prompt, response, length in zip(prompt_ids.tolist(), response_ids.tolist(), lengths.tolist()):
-        prefixes = tokenizer.batch_decode([prompt + response[:t] for t in range(length + 1)],
-                                          skip_special_tokens=True)
+        prefixes = tokenizer.batch_decode(
+            [prompt + response[:t] for t in range(length + 1)], skip_special_tokens=True
+        )
         full = prefixes[-1]
         bounds = np.maximum.accumulate([len(os.path.commonprefix([text, full])) for text in prefixes])
-        prompts.append(full[:bounds[0]])
+        prompts.append(full[: bounds[0]])
         pieces.append([full[start:end] for start, end in zip(bounds[:-1], bounds[1:])])
     return prompts, pieces
 
@@ -107,7 +117,7 @@ def masked_piece(piece: str, mask_string: str | None) -> str:
         return ""
     if not piece.strip():
         return piece
-    return piece[:len(piece) - len(piece.lstrip())] + mask_string
+    return piece[: len(piece) - len(piece.lstrip())] + mask_string
 
 
 def score_texts(prompts: list[str], responses: list[str], reward_fn: RewardFn, max_rows: int) -> torch.Tensor:
@@ -118,23 +128,28 @@ def score_texts(prompts: list[str], responses: list[str], reward_fn: RewardFn, m
     order = sorted(range(len(prompts)), key=lambda row: len(prompts[row]) + len(responses[row]))
     scores = torch.zeros(len(prompts), dtype=torch.float64)
     for start in range(0, len(order), max_rows):
-        rows = order[start:start + max_rows]
+        rows = order[start : start + max_rows]
         chunk_prompts, chunk_responses = [prompts[row] for row in rows], [responses[row] for row in rows]
         chunk = torch.as_tensor(reward_fn(chunk_prompts, chunk_responses))
         if chunk.shape != (len(chunk_prompts),):
-            raise ValueError(f"reward_fn returned shape {tuple(chunk.shape)}; expected "
-                             f"({len(chunk_prompts)},), one score per row")
+            raise ValueError(
+                f"reward_fn returned shape {tuple(chunk.shape)}; expected "
+                f"({len(chunk_prompts)},), one score per row"
+            )
         bad = (~torch.isfinite(chunk)).nonzero()
         if len(bad):
             row = int(bad[0])
-            raise ValueError(f"reward_fn returned {chunk[row].item()} for the response {chunk_responses[row]!r} "
-                             f"(prompt {chunk_prompts[row]!r}); expected a finite score")
+            raise ValueError(
+                f"reward_fn returned {chunk[row].item()} for the response {chunk_responses[row]!r} "
+                f"(prompt {chunk_prompts[row]!r}); expected a finite score"
+            )
         scores[rows] = chunk.double()
     return scores
 
 
-def score_coalitions(prompts, pieces, owner, visible, reward_fn, config,
-                     deduplicate: bool = False) -> tuple[torch.Tensor, int]:
+def score_coalitions(
+    prompts, pieces, owner, visible, reward_fn, config, deduplicate: bool = False
+) -> tuple[torch.Tensor, int]:
     """f(x_i, y_i showing only the `visible` tokens) per row (R,), and the RM rows that took.
 
     owner (R,) is the response of each row, visible (R, T) its shown tokens. With
@@ -143,11 +158,15 @@ def score_coalitions(prompts, pieces, owner, visible, reward_fn, config,
     """
     inverse = torch.arange(len(owner))
     if deduplicate:
-        keys, inverse = torch.unique(torch.cat([owner[:, None], visible.long()], 1), dim=0, return_inverse=True)
+        keys, inverse = torch.unique(
+            torch.cat([owner[:, None], visible.long()], 1), dim=0, return_inverse=True
+        )
         owner, visible = keys[:, 0], keys[:, 1:].bool()
     hidden = [[masked_piece(piece, config.mask_string) for piece in row] for row in pieces]
-    texts = ["".join(piece if shown else mask for piece, mask, shown in zip(pieces[i], hidden[i], row))
-             for i, row in zip(owner.tolist(), visible.tolist())]
+    texts = [
+        "".join(piece if shown else mask for piece, mask, shown in zip(pieces[i], hidden[i], row))
+        for i, row in zip(owner.tolist(), visible.tolist())
+    ]
     values = score_texts([prompts[i] for i in owner.tolist()], texts, reward_fn, config.max_rows_per_call)
     return values[inverse], len(owner)
 
@@ -176,10 +195,12 @@ def shap_exact(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]:
     lengths, real = real_tokens(pieces)
     if lengths.max() > MAX_EXACT_TOKENS:
         i = int(lengths.argmax())
-        raise ValueError(f"exact Shapley enumerates 2^T coalitions: response {i} ({''.join(pieces[i])!r}) has "
-                         f"{int(lengths[i])} tokens; expected at most {MAX_EXACT_TOKENS} (use shap_backend='batched')")
+        raise ValueError(
+            f"exact Shapley enumerates 2^T coalitions: response {i} ({''.join(pieces[i])!r}) has "
+            f"{int(lengths[i])} tokens; expected at most {MAX_EXACT_TOKENS} (use shap_backend='batched')"
+        )
     T = real.shape[1]
-    subsets = [torch.arange(2 ** n) for n in lengths.tolist()]  # bitmask of the visible tokens
+    subsets = [torch.arange(2**n) for n in lengths.tolist()]  # bitmask of the visible tokens
     owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(subsets)])
     visible = (torch.cat(subsets)[:, None] >> torch.arange(T)) & 1 == 1  # (R, T)
     values, rows = score_coalitions(prompts, pieces, owner, visible, reward_fn, config)
@@ -213,13 +234,15 @@ def shap_batched(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]
     steps = torch.arange(1, T)  # prefix sizes strictly between empty and full
     prefix = rank[:, :, None, :] < steps[:, None]  # (B, P, T-1, T)
     inside = (steps < lengths[:, None, None]).expand(B, P, T - 1)  # (B, P, T-1)
-    owner = torch.cat([torch.arange(B), torch.arange(B), torch.arange(B)[:, None, None].expand(B, P, T - 1)[inside]])
+    owner = torch.cat(
+        [torch.arange(B), torch.arange(B), torch.arange(B)[:, None, None].expand(B, P, T - 1)[inside]]
+    )
     visible = torch.cat([torch.zeros_like(real), real, prefix[inside]])
     values, rows = score_coalitions(prompts, pieces, owner, visible, reward_fn, config, deduplicate=True)
-    empty, full = values[:B], values[B:2 * B]
+    empty, full = values[:B], values[B : 2 * B]
     chain = full[:, None, None].repeat(1, P, T + 1)  # (B, P, T+1) f(first k of the permutation)
     chain[:, :, 0] = empty[:, None]
-    chain[:, :, 1:T][inside] = values[2 * B:]
+    chain[:, :, 1:T][inside] = values[2 * B :]
     marginal = chain.gather(2, rank + 1) - chain.gather(2, rank)  # (B, P, T); 0 on padding
     return (marginal.mean(1) * real).float(), rows
 
@@ -234,15 +257,19 @@ def shap_library(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]
     lengths, real = real_tokens(pieces)
     phi, rows, numpy_state = torch.zeros(real.shape, dtype=torch.float64), 0, np.random.get_state()
     for i, n in enumerate(lengths.tolist()):
-        def model(masks: np.ndarray) -> np.ndarray:  # (R, n) in {0, 1} -> (R,)
+
+        def model(masks: np.ndarray, i: int = i) -> np.ndarray:  # (R, n) in {0, 1} -> (R,)
             nonlocal rows
             owner, visible = torch.full((len(masks),), i), torch.as_tensor(masks) > 0.5
             values, used = score_coalitions(prompts, pieces, owner, visible, reward_fn, config)
             rows += used
             return values.numpy()
+
         masker = shap.maskers.Independent(np.zeros((1, n)))
         explainer = shap.PermutationExplainer(model, masker, seed=config.seed + i)
-        explanation = explainer(np.ones((1, n)), max_evals=config.shap_permutations // 2 * (2 * n + 1), silent=True)
+        explanation = explainer(
+            np.ones((1, n)), max_evals=config.shap_permutations // 2 * (2 * n + 1), silent=True
+        )
         phi[i, :n] = torch.as_tensor(explanation.values[0])
     np.random.set_state(numpy_state)
     return phi.float(), rows
@@ -252,8 +279,11 @@ def shap_library(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]
 # 3. LIME: a kernel-weighted ridge surrogate on random masks
 # ---------------------------------------------------------------------------------------
 def lime_kernel(distances: np.ndarray, width: float) -> np.ndarray:
-    """pi(z) = sqrt(exp(-d^2 / width^2)), d = 100 x cosine distance to the full response (lime's text kernel)."""
-    return np.sqrt(np.exp(-distances ** 2 / width ** 2))
+    """pi(z) = sqrt(exp(-d^2 / width^2)), d = 100 x cosine distance to the full response.
+
+    This is the lime package's kernel for text explanations.
+    """
+    return np.sqrt(np.exp(-(distances**2) / width**2))
 
 
 def lime_batched(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]:
@@ -273,8 +303,9 @@ def lime_batched(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]
     hidden = random_ranks(real, N - 1, generator) < n_hidden[..., None]
     visible = torch.cat([real[:, None], real[:, None] & ~hidden], 1)  # (B, N, T)
     owner = torch.arange(B)[:, None].expand(B, N)
-    values, rows = score_coalitions(prompts, pieces, owner.reshape(-1), visible.reshape(-1, T), reward_fn, config,
-                                    deduplicate=True)
+    values, rows = score_coalitions(
+        prompts, pieces, owner.reshape(-1), visible.reshape(-1, T), reward_fn, config, deduplicate=True
+    )
     distances = 100 * (1 - (visible.sum(-1) / lengths[:, None]).sqrt())  # (B, N)
     weights = torch.as_tensor(lime_kernel(distances.double().numpy(), config.lime_kernel_width))
     X = torch.cat([torch.ones(B, N, 1, dtype=torch.float64), visible.double()], -1)  # (B, N, T+1)
@@ -307,8 +338,14 @@ def lime_library(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]
         values, _ = score_coalitions(prompts, pieces, torch.full((N,), i), visible, reward_fn, config)
         distances = pairwise_distances(masks, masks[:1], metric="cosine").ravel() * 100
         _, coefficients, _, _ = explainer.explain_instance_with_data(
-            masks, values.numpy()[:, None], distances, 0, n, feature_selection="none",
-            model_regressor=Ridge(alpha=config.lime_ridge_alpha))
+            masks,
+            values.numpy()[:, None],
+            distances,
+            0,
+            n,
+            feature_selection="none",
+            model_regressor=Ridge(alpha=config.lime_ridge_alpha),
+        )
         for feature, coefficient in coefficients:
             beta[i, feature] = coefficient
     return beta.float(), len(lengths) * N
@@ -321,7 +358,9 @@ def reads_last_token(config) -> bool:
     """Decoder RMs score at the last real token, encoder RMs (BERT) at the first ([CLS])."""
     model_type = getattr(config, "model_type", "")
     return bool(getattr(config, "is_decoder", False)) or (
-        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
 
 
 @torch.no_grad()
@@ -340,15 +379,19 @@ def attention_credit(prompts, pieces, reward_model, reward_tokenizer, max_rows) 
     too_long = encoded["attention_mask"].sum(1) > (limit or float("inf"))
     if too_long.any():
         i = int(too_long.nonzero()[0])
-        raise ValueError(f"response {i} ({texts[i]!r}) is {int(encoded['attention_mask'][i].sum())} RM tokens "
-                         f"long; expected at most max_position_embeddings={limit}")
+        raise ValueError(
+            f"response {i} ({texts[i]!r}) is {int(encoded['attention_mask'][i].sum())} RM tokens "
+            f"long; expected at most max_position_embeddings={limit}"
+        )
     readout_rows, device = [], next(reward_model.parameters()).device
     for start in range(0, len(texts), max_rows):
-        chunk = {name: value[start:start + max_rows].to(device) for name, value in encoded.items()}
+        chunk = {name: value[start : start + max_rows].to(device) for name, value in encoded.items()}
         attentions = reward_model(**chunk, output_attentions=True).attentions
         if not attentions or attentions[-1] is None:
-            raise ValueError("the reward model returned no attentions; load it with "
-                             "attn_implementation='eager' (SDPA kernels return none)")
+            raise ValueError(
+                "the reward model returned no attentions; load it with "
+                "attn_implementation='eager' (SDPA kernels return none)"
+            )
         mask = chunk["attention_mask"]  # (b, L)
         if reads_last_token(reward_model.config):
             readout = mask.shape[1] - 1 - mask.flip(1).argmax(1)
@@ -359,8 +402,12 @@ def attention_credit(prompts, pieces, reward_model, reward_tokenizer, max_rows) 
     attention = torch.cat(readout_rows).double()  # (B, L)
     _, real = real_tokens(pieces)
     T = real.shape[1]
-    bounds = torch.tensor([list(accumulate([len(prompt)] + [len(piece) for piece in row] + [0] * (T - len(row))))
-                           for prompt, row in zip(prompts, pieces)])  # (B, T+1) character bounds of pieces
+    bounds = torch.tensor(
+        [
+            list(accumulate([len(prompt)] + [len(piece) for piece in row] + [0] * (T - len(row))))
+            for prompt, row in zip(prompts, pieces)
+        ]
+    )  # (B, T+1) character bounds of pieces
     piece_starts, piece_ends = bounds[:, :-1], bounds[:, 1:]
     rm_starts, rm_ends = offsets[..., 0, None], offsets[..., 1, None]  # (B, L, 1)
     overlap = ((rm_starts < piece_ends[:, None]) & (piece_starts[:, None] < rm_ends) & real[:, None]).double()
@@ -372,29 +419,44 @@ def attention_credit(prompts, pieces, reward_model, reward_tokenizer, max_rows) 
 # ---------------------------------------------------------------------------------------
 # 5. Entry point
 # ---------------------------------------------------------------------------------------
-def attribute(method: str, tokenizer, prompt_ids, response_ids, response_mask, reward_fn: RewardFn | None,
-              config: AttributionConfig = AttributionConfig(), reward_model=None,
-              reward_tokenizer=None) -> tuple[torch.Tensor, int]:
+def attribute(
+    method: str,
+    tokenizer,
+    prompt_ids,
+    response_ids,
+    response_mask,
+    reward_fn: RewardFn | None,
+    config: AttributionConfig | None = None,
+    reward_model=None,
+    reward_tokenizer=None,
+) -> tuple[torch.Tensor, int]:
     """Attributions (B, T) over the policy's response tokens, zero outside the mask, and RM rows used.
 
     method "shap" and "lime" need `reward_fn` (texts -> scores); "attention" needs the RM
     and its tokenizer (loaded with eager attention).
     """
+    config = config or AttributionConfig()
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; expected one of {METHODS}")
     prompts, pieces = response_texts(tokenizer, prompt_ids, response_ids, response_mask)
     if method == "attention":
         if reward_model is None or reward_tokenizer is None:
             raise ValueError("method 'attention' needs reward_model and reward_tokenizer; got None")
-        values, rows = attention_credit(prompts, pieces, reward_model, reward_tokenizer, config.max_rows_per_call)
+        values, rows = attention_credit(
+            prompts, pieces, reward_model, reward_tokenizer, config.max_rows_per_call
+        )
     else:
         if reward_fn is None:
             raise ValueError(f"method {method!r} needs a reward_fn; got None")
-        backends = {("shap", "batched"): shap_batched, ("shap", "library"): shap_library,
-                    ("shap", "exact"): shap_exact, ("lime", "batched"): lime_batched,
-                    ("lime", "library"): lime_library}
+        backends = {
+            ("shap", "batched"): shap_batched,
+            ("shap", "library"): shap_library,
+            ("shap", "exact"): shap_exact,
+            ("lime", "batched"): lime_batched,
+            ("lime", "library"): lime_library,
+        }
         backend = config.shap_backend if method == "shap" else config.lime_backend
         values, rows = backends[method, backend](prompts, pieces, reward_fn, config)
     attributions = torch.zeros(response_mask.shape)
-    attributions[:, :values.shape[1]] = values
+    attributions[:, : values.shape[1]] = values
     return attributions, rows

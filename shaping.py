@@ -27,7 +27,8 @@ phi = (1, 2, -1), so the all-masked baseline is f(x, masked) = R - sum phi = 4:
 
 The KL penalty per token is ppo.py's business; shaping only redistributes R.
 """
-from typing import Callable
+
+from collections.abc import Callable
 
 import torch
 
@@ -40,7 +41,9 @@ def check_finite(scores: torch.Tensor, what: str) -> None:
     """ValueError naming the first response whose score is NaN or infinite."""
     bad = (~torch.isfinite(scores)).nonzero()
     if len(bad):
-        raise ValueError(f"{what} of response {int(bad[0])} is {scores[int(bad[0])].item()}; expected a finite number")
+        raise ValueError(
+            f"{what} of response {int(bad[0])} is {scores[int(bad[0])].item()}; expected a finite number"
+        )
 
 
 def check_weights(weights: dict[str, float]) -> None:
@@ -49,10 +52,16 @@ def check_weights(weights: dict[str, float]) -> None:
     if unknown:
         raise ValueError(f"unknown credit component(s) {unknown}; expected names among {COMPONENTS}")
     values = torch.tensor([float(w) for w in weights.values()], dtype=torch.float64)
-    if len(values) == 0 or not torch.isfinite(values).all() or (values < 0).any() \
-            or abs(values.sum().item() - 1) > SIMPLEX_TOLERANCE:
-        raise ValueError(f"weights {weights} are not on the simplex; expected finite values >= 0 "
-                         f"summing to 1 (within {SIMPLEX_TOLERANCE})")
+    if (
+        len(values) == 0
+        or not torch.isfinite(values).all()
+        or (values < 0).any()
+        or abs(values.sum().item() - 1) > SIMPLEX_TOLERANCE
+    ):
+        raise ValueError(
+            f"weights {weights} are not on the simplex; expected finite values >= 0 "
+            f"summing to 1 (within {SIMPLEX_TOLERANCE})"
+        )
 
 
 def rcfd_scores(scores: torch.Tensor, demo_scores: torch.Tensor) -> torch.Tensor:
@@ -66,13 +75,16 @@ def rcfd_scores(scores: torch.Tensor, demo_scores: torch.Tensor) -> torch.Tensor
     """
     scores, demo_scores = torch.as_tensor(scores), torch.as_tensor(demo_scores)
     if scores.shape != demo_scores.shape:
-        raise ValueError(f"scores {tuple(scores.shape)} and demo_scores {tuple(demo_scores.shape)} "
-                         "must have the same shape, one demonstration score per response")
-    return -(scores - demo_scores) ** 2
+        raise ValueError(
+            f"scores {tuple(scores.shape)} and demo_scores {tuple(demo_scores.shape)} "
+            "must have the same shape, one demonstration score per response"
+        )
+    return -((scores - demo_scores) ** 2)
 
 
-def rcfd_reward_fn(reward_fn: Callable[[list[str], list[str]], torch.Tensor],
-                   demonstrations: dict[str, str]) -> Callable[[list[str], list[str]], torch.Tensor]:
+def rcfd_reward_fn(
+    reward_fn: Callable[[list[str], list[str]], torch.Tensor], demonstrations: dict[str, str]
+) -> Callable[[list[str], list[str]], torch.Tensor]:
     """The reward function (prompts, responses) -> R_cfd (N,), for SHAP/LIME to explain RCfD.
 
     f(x, y_demo) is computed once per prompt, on first sight, and kept: an explainer calls
@@ -89,11 +101,13 @@ def rcfd_reward_fn(reward_fn: Callable[[list[str], list[str]], torch.Tensor],
             demo_scores.update(zip(new, reward_fn(new, [demonstrations[p] for p in new]).tolist()))
         scores = torch.as_tensor(reward_fn(prompts, responses), dtype=torch.float32)
         return rcfd_scores(scores, torch.tensor([demo_scores[p] for p in prompts]))
+
     return wrapped
 
 
-def normalize_scores(scores: torch.Tensor, attributions: dict[str, torch.Tensor] = {}
-                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def normalize_scores(
+    scores: torch.Tensor, attributions: dict[str, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Whiten R over the batch, R~ = (R - mean) / std, and scale SHAP/LIME by the same 1/std.
 
     Conservation still holds after shaping: phi / std sums to (f(full) - f(masked)) / std,
@@ -102,17 +116,21 @@ def normalize_scores(scores: torch.Tensor, attributions: dict[str, torch.Tensor]
     a single response) is only centred.
     """
     check_finite(scores, "the score")
+    attributions = attributions or {}
     unknown = sorted(set(attributions) - set(ATTRIBUTIONS))
     if unknown:
         raise ValueError(f"unknown attribution(s) {unknown}; expected names among {ATTRIBUTIONS}")
     std = scores.std(unbiased=False) if len(scores) > 1 else torch.tensor(0.0)
     scale = std if std > 0 else torch.tensor(1.0)
-    scaled = {name: values if name == "attention" else values / scale for name, values in attributions.items()}
+    scaled = {
+        name: values if name == "attention" else values / scale for name, values in attributions.items()
+    }
     return (scores - scores.mean()) / scale, scaled
 
 
-def credit_components(scores: torch.Tensor, response_mask: torch.Tensor,
-                      attributions: dict[str, torch.Tensor] = {}) -> dict[str, torch.Tensor]:
+def credit_components(
+    scores: torch.Tensor, response_mask: torch.Tensor, attributions: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """Every available credit component (B, T), each summing to R per response, zero outside the mask.
 
     Always "sparse" and "uniform"; plus one per attribution given: "attention" (alpha >= 0,
@@ -123,20 +141,27 @@ def credit_components(scores: torch.Tensor, response_mask: torch.Tensor,
     """
     scores = torch.as_tensor(scores, dtype=torch.float32)
     if scores.ndim != 1 or response_mask.ndim != 2 or response_mask.shape[0] != scores.shape[0]:
-        raise ValueError(f"scores {tuple(scores.shape)} and response_mask {tuple(response_mask.shape)}; "
-                         "expected (B,) and (B, T)")
+        raise ValueError(
+            f"scores {tuple(scores.shape)} and response_mask {tuple(response_mask.shape)}; "
+            "expected (B,) and (B, T)"
+        )
     check_finite(scores, "the score")
+    attributions = attributions or {}
     mask = response_mask.float()
     lengths = mask.sum(1)
     if (lengths == 0).any():
         raise ValueError(f"response {int((lengths == 0).nonzero()[0])} has no real token (empty mask row)")
-    last = torch.zeros_like(mask).scatter_(1, (mask.cumsum(1).argmax(1, keepdim=True)), 1.0)  # (B, T) 1 on T_i
+    last = torch.zeros_like(mask).scatter_(
+        1, (mask.cumsum(1).argmax(1, keepdim=True)), 1.0
+    )  # (B, T) 1 on T_i
     components = {"sparse": scores[:, None] * last, "uniform": scores[:, None] * mask / lengths[:, None]}
     for name, values in attributions.items():
         if name not in ATTRIBUTIONS:
             raise ValueError(f"unknown attribution {name!r}; expected one of {ATTRIBUTIONS}")
         if values.shape != mask.shape:
-            raise ValueError(f"attribution {name!r} has shape {tuple(values.shape)}; expected {tuple(mask.shape)}")
+            raise ValueError(
+                f"attribution {name!r} has shape {tuple(values.shape)}; expected {tuple(mask.shape)}"
+            )
         values = values.float() * mask
         check_finite(values.sum(1), f"the {name} attribution")
         if name == "attention":

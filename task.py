@@ -23,6 +23,7 @@ Built models are saved with `save_pretrained` into a cache folder keyed by the s
 read back with `from_pretrained`: the same loader takes a hub name or a local path, so a real
 setup (e.g. a GPT-2 policy and a DistilBERT IMDb classifier) is one option away.
 """
+
 import hashlib
 import json
 import os
@@ -36,9 +37,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                          BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel,
-                          PreTrainedTokenizerFast)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+)
 
 CACHE_VERSION = 3  # bump when the generator or the training recipe changes
 
@@ -46,55 +54,89 @@ CACHE_VERSION = 3  # bump when the generator or the training recipe changes
 # The review language
 # ---------------------------------------------------------------------------------------
 POSITIVE = {  # word -> strength
-    **dict.fromkeys("good nice fine decent pleasant solid charming sweet neat fun "
-                    "likable enjoyable warm clever lively fresh honest tidy cute smart".split(), 1),
-    **dict.fromkeys("great lovely delightful gripping moving beautiful impressive stylish "
-                    "touching wonderful powerful elegant funny vivid rich inspired".split(), 2),
-    **dict.fromkeys("superb brilliant stunning excellent outstanding masterful perfect "
-                    "magnificent flawless sublime".split(), 3),
+    **dict.fromkeys(
+        "good nice fine decent pleasant solid charming sweet neat fun "
+        "likable enjoyable warm clever lively fresh honest tidy cute smart".split(),
+        1,
+    ),
+    **dict.fromkeys(
+        "great lovely delightful gripping moving beautiful impressive stylish "
+        "touching wonderful powerful elegant funny vivid rich inspired".split(),
+        2,
+    ),
+    **dict.fromkeys(
+        "superb brilliant stunning excellent outstanding masterful perfect "
+        "magnificent flawless sublime".split(),
+        3,
+    ),
 }
 NEGATIVE = {
-    **dict.fromkeys("bad dull weak flat plain bland stale slow clumsy messy thin "
-                    "silly cheap tired forced odd shallow sloppy loud".split(), 1),
-    **dict.fromkeys("boring poor awful ugly annoying tedious lifeless painful clunky "
-                    "hollow lazy muddled pointless dreary wooden".split(), 2),
-    **dict.fromkeys("terrible horrible dreadful atrocious abysmal unwatchable "
-                    "disastrous dire wretched insufferable".split(), 3),
+    **dict.fromkeys(
+        "bad dull weak flat plain bland stale slow clumsy messy thin "
+        "silly cheap tired forced odd shallow sloppy loud".split(),
+        1,
+    ),
+    **dict.fromkeys(
+        "boring poor awful ugly annoying tedious lifeless painful clunky "
+        "hollow lazy muddled pointless dreary wooden".split(),
+        2,
+    ),
+    **dict.fromkeys(
+        "terrible horrible dreadful atrocious abysmal unwatchable "
+        "disastrous dire wretched insufferable".split(),
+        3,
+    ),
 }
 POLARITY = {**POSITIVE, **{word: -strength for word, strength in NEGATIVE.items()}}
-NOUNS = ("plot acting story music ending cast film movie script direction dialogue pacing "
-         "score soundtrack camera lighting editing villain hero heroine twist sequel premise "
-         "humor tone mood setting scenery costumes effects action romance finale opening "
-         "character lead performance voice writing budget runtime trailer cinematography "
-         "chemistry choreography atmosphere narration animation design makeup climax theme "
-         "message ensemble director producer casting remake adaptation documentary comedy "
-         "drama thriller western musical horror fantasy mystery episode season series show "
-         "scene sequence montage cameo middle plotline storyline visuals camerawork dubbing "
-         "subtitles credits poster stunts sets dance songs lyrics").split()
-MODIFIERS = ("new old long short recent french early late final second whole entire main "
-             "central original animated silent modern classic familiar british italian young big "
-             "small first third latest restored extended").split()
+NOUNS = (
+    "plot acting story music ending cast film movie script direction dialogue pacing "
+    "score soundtrack camera lighting editing villain hero heroine twist sequel premise "
+    "humor tone mood setting scenery costumes effects action romance finale opening "
+    "character lead performance voice writing budget runtime trailer cinematography "
+    "chemistry choreography atmosphere narration animation design makeup climax theme "
+    "message ensemble director producer casting remake adaptation documentary comedy "
+    "drama thriller western musical horror fantasy mystery episode season series show "
+    "scene sequence montage cameo middle plotline storyline visuals camerawork dubbing "
+    "subtitles credits poster stunts sets dance songs lyrics"
+).split()
+MODIFIERS = (
+    "new old long short recent french early late final second whole entire main "
+    "central original animated silent modern classic familiar british italian young big "
+    "small first third latest restored extended"
+).split()
 VERBS = "was is felt seemed looked sounded remained became proved stayed".split()
-ADVERBS = "very really quite truly rather fairly so simply mostly utterly pretty largely mainly somewhat".split()
+ADVERBS = (
+    "very really quite truly rather fairly so simply mostly utterly pretty largely mainly somewhat".split()
+)
 DETERMINERS = "the this that its".split()
 CONNECTIVES = ("but", "and")
 NEGATION = "not"
 END = "."
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[CLS]"]
 VOCABULARY = SPECIAL_TOKENS + sorted(
-    set(POLARITY) | set(NOUNS) | set(MODIFIERS) | set(VERBS) | set(ADVERBS) | set(DETERMINERS)
-    | set(CONNECTIVES) | {NEGATION, END})
+    set(POLARITY)
+    | set(NOUNS)
+    | set(MODIFIERS)
+    | set(VERBS)
+    | set(ADVERBS)
+    | set(DETERMINERS)
+    | set(CONNECTIVES)
+    | {NEGATION, END}
+)
 CLAUSE_SLOTS = ("det", "mod", "noun", "verb", "neg", "adv", "adj")  # rendering order
 
 
 def random_clause(rng: random.Random) -> dict:
     """One clause `DET [MOD] NOUN VERB [not] [ADV] ADJ`; absent optional slots are None."""
-    return {"det": rng.choice(DETERMINERS),
-            "mod": rng.choice(MODIFIERS) if rng.random() < 0.3 else None,
-            "noun": rng.choice(NOUNS), "verb": rng.choice(VERBS),
-            "neg": NEGATION if rng.random() < 0.25 else None,
-            "adv": rng.choice(ADVERBS) if rng.random() < 0.3 else None,
-            "adj": rng.choice(list(POLARITY))}
+    return {
+        "det": rng.choice(DETERMINERS),
+        "mod": rng.choice(MODIFIERS) if rng.random() < 0.3 else None,
+        "noun": rng.choice(NOUNS),
+        "verb": rng.choice(VERBS),
+        "neg": NEGATION if rng.random() < 0.25 else None,
+        "adv": rng.choice(ADVERBS) if rng.random() < 0.3 else None,
+        "adj": rng.choice(list(POLARITY)),
+    }
 
 
 def random_review(rng: random.Random, first_clause: dict | None = None) -> list[str]:
@@ -140,7 +182,7 @@ def true_token_credit(prompt: str, response_tokens: list[str]) -> np.ndarray:
     adjective. Special tokens such as [EOS] are neutral words here.
     """
     prompt_words = [w for w in prompt.split() if w not in SPECIAL_TOKENS]
-    return token_scores(prompt_words + list(response_tokens))[len(prompt_words):]
+    return token_scores(prompt_words + list(response_tokens))[len(prompt_words) :]
 
 
 # ---------------------------------------------------------------------------------------
@@ -152,10 +194,17 @@ def make_tokenizer(first_token: str, padding_side: str) -> PreTrainedTokenizerFa
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.post_processor = processors.TemplateProcessing(
-        single=f"{first_token} $A", special_tokens=[(first_token, vocab[first_token])])
+        single=f"{first_token} $A", special_tokens=[(first_token, vocab[first_token])]
+    )
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]",
-        eos_token="[EOS]", cls_token="[CLS]", padding_side=padding_side)
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        cls_token="[CLS]",
+        padding_side=padding_side,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -209,7 +258,7 @@ def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     length = max(map(len, rows))
     ids = torch.full((len(rows), length), pad_id)
     for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row)
+        ids[i, : len(row)] = torch.tensor(row)
     return ids, (ids != pad_id).long()
 
 
@@ -220,20 +269,32 @@ def train_reward_model(reviews: list[list[str]], tokenizer, config: TaskConfig, 
     visible (`token_scores` with hidden words, clipped to +-8): a graded reward whose sign is
     the label. Plain cross-entropy learns the same sign far more slowly at this size.
     """
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=len(VOCABULARY), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, pad_token_id=0, num_labels=2,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
-        attn_implementation="eager"))
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=len(VOCABULARY),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            num_labels=2,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            id2label={0: "NEGATIVE", 1: "POSITIVE"},
+            label2id={"NEGATIVE": 0, "POSITIVE": 1},
+            attn_implementation="eager",
+        )
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 5e-3, total_steps=config.rm_steps)
     model.train()
     for _ in range(config.rm_steps):
         batch = rng.sample(reviews, 128)
         visible = [[rng.random() >= config.rm_mask_prob for _ in words] for words in batch]
-        texts = [" ".join(w if v else "[UNK]" for w, v in zip(words, seen))
-                 for words, seen in zip(batch, visible)]
+        texts = [
+            " ".join(w if v else "[UNK]" for w, v in zip(words, seen)) for words, seen in zip(batch, visible)
+        ]
         target = torch.tensor([token_scores(w, v).sum() for w, v in zip(batch, visible)]).float()
         logits = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits  # (B, 2)
         loss = F.mse_loss(logits[:, 1] - logits[:, 0], target.clamp(-8, 8))
@@ -246,10 +307,18 @@ def train_reward_model(reviews: list[list[str]], tokenizer, config: TaskConfig, 
 
 def train_policy(reviews: list[list[str]], tokenizer, config: TaskConfig, rng) -> torch.nn.Module:
     """A tiny GPT-2 trained by next-token prediction on `[BOS] review . [EOS]`."""
-    model = GPT2LMHeadModel(GPT2Config(
-        vocab_size=len(VOCABULARY), n_positions=64, n_embd=128, n_layer=2, n_head=4,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(VOCABULARY),
+            n_positions=64,
+            n_embd=128,
+            n_layer=2,
+            n_head=4,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=config.sft_steps)
     encoded = [tokenizer(" ".join(words))["input_ids"] + [tokenizer.eos_token_id] for words in reviews]
@@ -275,7 +344,7 @@ def make_prompts(n: int, rng: random.Random) -> tuple[list[str], dict[str, str]]
         first = random_clause(rng)
         n_words = rng.choice((2, 3, 4))
         present = [slot for slot in CLAUSE_SLOTS if first[slot] is not None][:n_words]
-        fixed = {slot: first[slot] for slot in CLAUSE_SLOTS[:CLAUSE_SLOTS.index(present[-1]) + 1]}
+        fixed = {slot: first[slot] for slot in CLAUSE_SLOTS[: CLAUSE_SLOTS.index(present[-1]) + 1]}
         prompt = " ".join(first[slot] for slot in present)
         if prompt in demonstrations:
             continue
@@ -284,7 +353,7 @@ def make_prompts(n: int, rng: random.Random) -> tuple[list[str], dict[str, str]]
             if token_scores(words).sum() > 0:
                 break
         prompts.append(prompt)
-        demonstrations[prompt] = " " + " ".join(words[len(present):])
+        demonstrations[prompt] = " " + " ".join(words[len(present) :])
     return prompts, demonstrations
 
 
@@ -296,10 +365,15 @@ def load_pretrained(loader, name_or_path: str, what: str, **kwargs):
     try:
         return loader.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as error:
-        where = "the local folder exists but holds no loadable" if os.path.isdir(name_or_path) else \
-            "it is not a local folder, and not in the local hub cache (is the network off?): no"
-        raise ValueError(f"cannot load the {what} {name_or_path!r}: {where} {what} "
-                         f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
+        where = (
+            "the local folder exists but holds no loadable"
+            if os.path.isdir(name_or_path)
+            else "it is not a local folder, and not in the local hub cache (is the network off?): no"
+        )
+        raise ValueError(
+            f"cannot load the {what} {name_or_path!r}: {where} {what} "
+            f"({type(error).__name__}: {str(error).splitlines()[0]})"
+        ) from None
 
 
 def load_policy(name_or_path: str):
@@ -311,8 +385,9 @@ def load_policy(name_or_path: str):
 
 def load_reward_model(name_or_path: str):
     """Eager attention: the default SDPA kernel returns no attention maps (DESIGN.md section 6)."""
-    model = load_pretrained(AutoModelForSequenceClassification, name_or_path, "reward model",
-                            attn_implementation="eager")
+    model = load_pretrained(
+        AutoModelForSequenceClassification, name_or_path, "reward model", attn_implementation="eager"
+    )
     tokenizer = load_pretrained(AutoTokenizer, name_or_path, "reward tokenizer")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -335,8 +410,12 @@ def read_prompts(path: str, val_fraction: float) -> tuple[list[str], list[str], 
 
 
 def cache_folder(config: TaskConfig) -> str:
-    settings = {k: v for k, v in asdict(config).items() if k not in ("cache_dir", "policy", "reward_model", "prompts")}
-    key = hashlib.sha1(json.dumps({**settings, "version": CACHE_VERSION}, sort_keys=True).encode()).hexdigest()
+    settings = {
+        k: v for k, v in asdict(config).items() if k not in ("cache_dir", "policy", "reward_model", "prompts")
+    }
+    key = hashlib.sha1(
+        json.dumps({**settings, "version": CACHE_VERSION}, sort_keys=True).encode()
+    ).hexdigest()
     return os.path.join(config.cache_dir, f"embedded-{key[:12]}")
 
 
@@ -363,15 +442,22 @@ def build_embedded(folder: str, config: TaskConfig) -> None:
     reward_model.save_pretrained(os.path.join(partial, "reward_model"))
     reward_tokenizer.save_pretrained(os.path.join(partial, "reward_model"))
     with open(os.path.join(partial, "prompts.json"), "w") as file:
-        json.dump({"train": prompts[:config.n_train_prompts], "val": prompts[config.n_train_prompts:],
-                   "demonstrations": demonstrations, "build_seconds": time.time() - start}, file)
+        json.dump(
+            {
+                "train": prompts[: config.n_train_prompts],
+                "val": prompts[config.n_train_prompts :],
+                "demonstrations": demonstrations,
+                "build_seconds": time.time() - start,
+            },
+            file,
+        )
     try:
         os.rename(partial, folder)  # atomic: a crash never leaves a half-written cache behind
     except OSError:  # another process finished first; its result is identical
         shutil.rmtree(partial)
 
 
-def build_task(config: TaskConfig = TaskConfig()) -> Task:
+def build_task(config: TaskConfig) -> Task:
     """The embedded task (built once, then read from the cache), or a real model pair.
 
     Each of `policy`, `reward_model` and `prompts` that is given replaces its embedded
@@ -391,8 +477,16 @@ def build_task(config: TaskConfig = TaskConfig()) -> Task:
         train_prompts, val_prompts, demonstrations = read_prompts(config.prompts, config.val_fraction)
     policy, policy_tokenizer = load_policy(config.policy or policy_path)
     reward_model, reward_tokenizer = load_reward_model(config.reward_model or reward_path)
-    return Task(policy, policy_tokenizer, reward_model, reward_tokenizer,
-                train_prompts, val_prompts, demonstrations, embedded)
+    return Task(
+        policy,
+        policy_tokenizer,
+        reward_model,
+        reward_tokenizer,
+        train_prompts,
+        val_prompts,
+        demonstrations,
+        embedded,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -407,8 +501,9 @@ def positive_label(reward_model) -> int:
 
 
 @torch.no_grad()
-def score(reward_model, reward_tokenizer, prompts: list[str], responses: list[str],
-          batch_size: int = 1024) -> torch.Tensor:
+def score(
+    reward_model, reward_tokenizer, prompts: list[str], responses: list[str], batch_size: int = 1024
+) -> torch.Tensor:
     """R = logit_pos - logit_neg of the RM on `prompt + response` (N,); a 1-logit RM gives its logit.
 
     Responses carry their own leading space, so `prompt + response` is the whole text.
@@ -421,12 +516,14 @@ def score(reward_model, reward_tokenizer, prompts: list[str], responses: list[st
     device = next(reward_model.parameters()).device
     scores = []
     for start in range(0, len(texts), batch_size):
-        enc = reward_tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True)
+        enc = reward_tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True)
         lengths = enc["attention_mask"].sum(1)
         if lengths.max() > limit:
             longest = start + int(lengths.argmax())
-            raise ValueError(f"text {texts[longest]!r} has {int(lengths.max())} reward-model tokens; "
-                             f"the reward model reads at most {limit}")
+            raise ValueError(
+                f"text {texts[longest]!r} has {int(lengths.max())} reward-model tokens; "
+                f"the reward model reads at most {limit}"
+            )
         logits = reward_model(**enc.to(device)).logits.float()  # (b, labels)
         if logits.shape[1] == 1:
             scores.append(logits[:, 0])

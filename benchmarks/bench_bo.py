@@ -10,6 +10,7 @@ random search's best noisy observation.
 
     python benchmarks/bench_bo.py --seeds 20 [--first-seed 20]   (seeds 0-19 were used to tune the GP bounds)
 """
+
 import argparse
 import os
 import sys
@@ -75,7 +76,10 @@ def main():
     args = parser.parse_args()
     start = time.time()
     print(f"mean simple regret over {args.seeds} seeds (f(w*) = 1; noise sd {NOISE_FRACTION} x range)")
-    print(f"{'K':>2} {'optimum':>8} | {'BO@10':>7} {'RS@10':>7} {'ratio':>6} | {'BO@20':>7} {'RS@20':>7} {'ratio':>6}")
+    print(
+        f"{'K':>2} {'optimum':>8} | {'BO@10':>7} {'RS@10':>7} {'ratio':>6} | "
+        f"{'BO@20':>7} {'RS@20':>7} {'ratio':>6}"
+    )
     ratios = {n: [] for n in CHECKPOINTS}
     for num_weights in (3, 4, 5):
         names = tuple(f"w{k}" for k in range(num_weights))
@@ -84,7 +88,9 @@ def main():
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 f, noise_sd = make_problem(num_weights, location, np.random.default_rng([seed, num_weights]))
                 bo_regrets.append(run_bayes_opt(f, noise_sd, names, seed, np.random.default_rng([seed, 1])))
-                rs_regrets.append(run_random_search(f, noise_sd, num_weights, np.random.default_rng([seed, 2])))
+                rs_regrets.append(
+                    run_random_search(f, noise_sd, num_weights, np.random.default_rng([seed, 2]))
+                )
             bo_mean, rs_mean = np.mean(bo_regrets, axis=0), np.mean(rs_regrets, axis=0)
             row = []
             for i, n in enumerate(CHECKPOINTS):

@@ -15,6 +15,7 @@ avoid. The reward model's scoring is the caller's work and is reported beside it
 
     python benchmarks/bench_ppo.py --iterations 8 --threads 1
 """
+
 import argparse
 import os
 import statistics
@@ -31,15 +32,18 @@ import task
 
 def floor_seconds(policy, rollout: ppo.Rollout, config: ppo.PPOConfig) -> float:
     """Bare forward+backward passes over the minibatches one update needs; no optimiser step."""
-    input_ids = torch.cat([rollout.prompt_ids, rollout.response_ids[:, :-1]], dim=1)   # (B, P+T-1)
+    input_ids = torch.cat([rollout.prompt_ids, rollout.response_ids[:, :-1]], dim=1)  # (B, P+T-1)
     attention_mask = torch.cat([rollout.prompt_mask, rollout.response_mask[:, :-1]], dim=1)
     position_ids = ppo.left_padded_positions(attention_mask)
     start = time.perf_counter()
     for _ in range(config.ppo_epochs):
         for row in range(0, len(input_ids), config.minibatch_size):
             rows = slice(row, row + config.minibatch_size)
-            logits = policy(input_ids=input_ids[rows], attention_mask=attention_mask[rows],
-                            position_ids=position_ids[rows]).logits
+            logits = policy(
+                input_ids=input_ids[rows],
+                attention_mask=attention_mask[rows],
+                position_ids=position_ids[rows],
+            ).logits
             logits.mean().backward()
     seconds = time.perf_counter() - start
     policy.zero_grad(set_to_none=True)
@@ -50,9 +54,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=8, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (a tiny model gains little from more, and on "
-                             "shared cores extra threads make timings erratic)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (a tiny model gains little from more, and on "
+        "shared cores extra threads make timings erratic)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if torch.cuda.is_available():
@@ -62,20 +70,20 @@ def main():
     the_task = task.build_task(task.TaskConfig())
     tokenizer = the_task.policy_tokenizer
     config = ppo.PPOConfig(device="cpu")
-    trainer = ppo.PPOTrainer(the_task.policy, config, tokenizer.pad_token_id,
-                             tokenizer.eos_token_id)
+    trainer = ppo.PPOTrainer(the_task.policy, config, tokenizer.pad_token_id, tokenizer.eos_token_id)
 
     phases = {}  # phase name -> seconds per timed iteration
     for iteration in range(args.warmup + args.iterations):
         first = iteration * config.batch_size % len(the_task.train_prompts)
-        prompts = the_task.train_prompts[first:first + config.batch_size]
+        prompts = the_task.train_prompts[first : first + config.batch_size]
         encoded = tokenizer(prompts, return_tensors="pt", padding=True)
 
         start = time.perf_counter()
         rollout = trainer.rollout(encoded["input_ids"], encoded["attention_mask"])
         rolled_out = time.perf_counter()
-        responses = [" " + text for text in tokenizer.batch_decode(rollout.response_ids,
-                                                                   skip_special_tokens=True)]
+        responses = [
+            " " + text for text in tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
+        ]
         scores = task.score(the_task.reward_model, the_task.reward_tokenizer, prompts, responses)
         token_rewards = ppo.sparse_token_rewards(scores, rollout.response_mask)
         scored = time.perf_counter()
@@ -84,26 +92,39 @@ def main():
         floor = floor_seconds(trainer.policy, rollout, config)
 
         if iteration >= args.warmup:
-            timings = {"generation": stats["time_generation"], "forward": stats["time_forward"],
-                       "update": stats["time_update"], "iteration": ppo_seconds,
-                       "floor": floor, "reward": scored - rolled_out}
+            timings = {
+                "generation": stats["time_generation"],
+                "forward": stats["time_forward"],
+                "update": stats["time_update"],
+                "iteration": ppo_seconds,
+                "floor": floor,
+                "reward": scored - rolled_out,
+            }
             for name, seconds in timings.items():
                 phases.setdefault(name, []).append(seconds)
-            print(f"iteration {iteration - args.warmup}: score {stats['score']:+.2f}  "
-                  f"kl {stats['kl']:.3f}  length {stats['response_length']:.1f}  "
-                  f"{ppo_seconds * 1000:.0f} ms")
+            print(
+                f"iteration {iteration - args.warmup}: score {stats['score']:+.2f}  "
+                f"kl {stats['kl']:.3f}  length {stats['response_length']:.1f}  "
+                f"{ppo_seconds * 1000:.0f} ms"
+            )
 
     mean = {name: statistics.mean(values) * 1000 for name, values in phases.items()}
     median = {name: statistics.median(values) * 1000 for name, values in phases.items()}
-    print(f"\nbatch {config.batch_size}, minibatch {config.minibatch_size}, "
-          f"{config.ppo_epochs} epochs, {config.min_new_tokens}-{config.max_new_tokens} "
-          f"new tokens, {args.threads} thread(s), "
-          f"{args.iterations} iterations after {args.warmup} warm-up")
+    print(
+        f"\nbatch {config.batch_size}, minibatch {config.minibatch_size}, "
+        f"{config.ppo_epochs} epochs, {config.min_new_tokens}-{config.max_new_tokens} "
+        f"new tokens, {args.threads} thread(s), "
+        f"{args.iterations} iterations after {args.warmup} warm-up"
+    )
     print(f"{'phase':<34}{'mean ms':>9}{'median ms':>11}")
-    rows = [("generation", "generation"), ("log-prob forwards (policy + ref)", "forward"),
-            ("update (GAE + PPO epochs)", "update"),
-            ("PPO iteration (sum of the above)", "iteration"),
-            ("floor: bare forward+backward", "floor"), ("reward model (caller, not PPO)", "reward")]
+    rows = [
+        ("generation", "generation"),
+        ("log-prob forwards (policy + ref)", "forward"),
+        ("update (GAE + PPO epochs)", "update"),
+        ("PPO iteration (sum of the above)", "iteration"),
+        ("floor: bare forward+backward", "floor"),
+        ("reward model (caller, not PPO)", "reward"),
+    ]
     for label, name in rows:
         print(f"{label:<34}{mean[name]:>9.1f}{median[name]:>11.1f}")
     rest = mean["iteration"] - mean["generation"] - mean["floor"]

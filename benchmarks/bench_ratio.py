@@ -12,6 +12,7 @@ ratio of the means with each seed's own ratio beside it:
 
 Finished arms are kept in --out (default runs/bench_ratio), so an interrupted benchmark resumes.
 """
+
 import argparse
 import json
 import os
@@ -32,8 +33,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=6, help="seeds to train each arm on")
     parser.add_argument("--first-seed", type=int, default=1, help="seeds are first-seed, first-seed + 1, ...")
-    parser.add_argument("--weights", default='{"attention": 0.1, "shap": 0.49, "lime": 0.41}',
-                        help="JSON weights compared with sparse (default: the default run's best, rounded)")
+    parser.add_argument(
+        "--weights",
+        default='{"attention": 0.1, "shap": 0.49, "lime": 0.41}',
+        help="JSON weights compared with sparse (default: the default run's best, rounded)",
+    )
     args, run_argv = parser.parse_known_args()
     options = run.parse_options(["--out", "runs/bench_ratio", *run_argv])
     weights = json.loads(args.weights)
@@ -45,21 +49,32 @@ def main():
     start, arms, seeds = time.time(), {}, range(args.first_seed, args.first_seed + args.seeds)
     for seed in seeds:
         for name, arm_weights in [("bo-best", weights), ("sparse", run.BASELINES["sparse"])]:
-            arms[f"{name}-seed{seed}"] = run.train_arm(f"{name}-seed{seed}", arm_weights, seed, setup, options)
+            arms[f"{name}-seed{seed}"] = run.train_arm(
+                f"{name}-seed{seed}", arm_weights, seed, setup, options
+            )
     reach = report.reach_iterations(arms)
-    dense, sparse = (np.array([report.iterations_needed(arms[f"{name}-seed{s}"], reach[f"{name}-seed{s}"])
-                               for s in seeds]) for name in ("bo-best", "sparse"))
+    dense, sparse = (
+        np.array([report.iterations_needed(arms[f"{name}-seed{s}"], reach[f"{name}-seed{s}"]) for s in seeds])
+        for name in ("bo-best", "sparse")
+    )
 
-    print(f"weights {weights} vs sparse; learning rate {options.learning_rate}, {options.iterations} iterations, "
-          f"evaluation every {options.eval_every}")
+    print(
+        f"weights {weights} vs sparse; learning rate {options.learning_rate}, "
+        f"{options.iterations} iterations, "
+        f"evaluation every {options.eval_every}"
+    )
     print(" seed  reach(weights)  reach(sparse)  ratio   final(weights)  final(sparse)")
     for k, seed in enumerate(seeds):
-        print(f"{seed:5d}  {dense[k]:14d}  {sparse[k]:13d}  {dense[k] / sparse[k]:5.2f}   "
-              f"{arms[f'bo-best-seed{seed}']['final']:+14.2f}  {arms[f'sparse-seed{seed}']['final']:+13.2f}")
+        print(
+            f"{seed:5d}  {dense[k]:14d}  {sparse[k]:13d}  {dense[k] / sparse[k]:5.2f}   "
+            f"{arms[f'bo-best-seed{seed}']['final']:+14.2f}  {arms[f'sparse-seed{seed}']['final']:+13.2f}"
+        )
     print(report.confirmation(arms, reach))
     groups = [slice(k, k + 3) for k in range(0, args.seeds - 2, 3)]
-    print("ratio of each 3 seeds in turn (what one default run sees):",
-          ", ".join(f"{dense[g].mean() / sparse[g].mean():.2f}" for g in groups))
+    print(
+        "ratio of each 3 seeds in turn (what one default run sees):",
+        ", ".join(f"{dense[g].mean() / sparse[g].mean():.2f}" for g in groups),
+    )
     print(f"time {time.time() - start:.0f} s")
 
 

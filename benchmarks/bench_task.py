@@ -6,6 +6,7 @@ Prints: build time from nothing (target < 60 s on 2 cores), RM accuracy on held-
 and on the negated ones (>= 98%), the share of well-formed SFT samples (`.` then EOS,
 >= 90%), and the cached rebuild time (< 5 s).
 """
+
 import argparse
 import os
 import random
@@ -36,17 +37,27 @@ def main():
     reviews = [task.random_review(rng) for _ in range(4000)]
     labels = torch.tensor([task.token_scores(words).sum() > 0 for words in reviews])
     negated = torch.tensor(["not" in words for words in reviews])
-    scores = task.score(built.reward_model, built.reward_tokenizer, [""] * len(reviews),
-                        [" ".join(words) for words in reviews])
+    scores = task.score(
+        built.reward_model,
+        built.reward_tokenizer,
+        [""] * len(reviews),
+        [" ".join(words) for words in reviews],
+    )
     correct = ((scores > 0) == labels).float()
 
     tokenizer = built.policy_tokenizer
     enc = tokenizer(built.val_prompts, return_tensors="pt", padding=True)
     torch.manual_seed(0)
-    out = built.policy.generate(**enc, do_sample=True, top_k=0, max_new_tokens=30,
-                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    out = built.policy.generate(
+        **enc,
+        do_sample=True,
+        top_k=0,
+        max_new_tokens=30,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     full_stop, well_formed = tokenizer.convert_tokens_to_ids("."), 0
-    for row in out[:, enc["input_ids"].shape[1]:].tolist():
+    for row in out[:, enc["input_ids"].shape[1] :].tolist():
         end = row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else 0
         well_formed += end > 0 and row[end - 1] == full_stop
 
@@ -54,7 +65,10 @@ def main():
     print(f"build from nothing         {build_seconds:6.1f} s    (target < 60 s)")
     print(f"cached rebuild             {cached_seconds:6.2f} s    (target < 5 s)")
     print(f"RM accuracy, held out      {correct.mean():6.2%}    (n = {len(reviews)}, target >= 98%)")
-    print(f"RM accuracy, negated       {correct[negated].mean():6.2%}    (n = {int(negated.sum())}, target >= 98%)")
+    print(
+        f"RM accuracy, negated       {correct[negated].mean():6.2%}    "
+        f"(n = {int(negated.sum())}, target >= 98%)"
+    )
     print(f"SFT samples well-formed    {well_formed / len(out):6.2%}    (n = {len(out)}, target >= 90%)")
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: the embedded task is built once per test session into a temporary cache."""
+
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # no network at test time: a hub name fails at once, no retries

@@ -1,4 +1,5 @@
 """Tests for bayes_opt.py: EI and log-EI against references, the latent std, the simplex, the log."""
+
 import json
 import math
 import os
@@ -23,8 +24,10 @@ def bump(weights):
 
 # ---- Expected improvement ----
 
-@pytest.mark.parametrize("mu, sigma, f_best, xi", [(0.3, 0.7, 0.5, 0.05), (1.2, 0.4, 1.0, 0.0),
-                                                   (-0.5, 2.0, 0.8, 0.1)])
+
+@pytest.mark.parametrize(
+    "mu, sigma, f_best, xi", [(0.3, 0.7, 0.5, 0.05), (1.2, 0.4, 1.0, 0.0), (-0.5, 2.0, 0.8, 0.1)]
+)
 def test_expected_improvement_matches_monte_carlo(mu, sigma, f_best, xi):
     samples = np.random.default_rng(0).normal(mu, sigma, 4_000_000)
     monte_carlo = np.mean(np.maximum(samples - f_best - xi, 0.0))
@@ -35,8 +38,9 @@ def test_log_ei_equals_log_of_ei_where_ei_is_representable():
     sigma, f_best, xi = 0.3, 1.0, 0.02
     mu = f_best + xi + sigma * np.linspace(-20, 8, 2001)  # z from -20 to 8, across all branches
     log_ei = bayes_opt.log_expected_improvement(mu, sigma, f_best, xi)
-    np.testing.assert_allclose(log_ei, np.log(bayes_opt.expected_improvement(mu, sigma, f_best, xi)),
-                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        log_ei, np.log(bayes_opt.expected_improvement(mu, sigma, f_best, xi)), rtol=1e-10, atol=1e-10
+    )
 
 
 def test_log_ei_is_finite_exact_and_monotone_where_ei_underflows():
@@ -44,8 +48,12 @@ def test_log_ei_is_finite_exact_and_monotone_where_ei_underflows():
     assert bayes_opt.expected_improvement(-40 * sigma, sigma, 0.0) == 0.0  # EI underflows at z = -40
     # Mills-ratio series: h(z) = phi(z) / z^2 (1 - 3/z^2 + 15/z^4 - 105/z^6 + ...)
     z = np.array([-40.0, -300.0, -1e3 * (1 + 1e-9), -1e5, -1e9])
-    series = (-z**2 / 2 - 0.5 * math.log(2 * math.pi) - 2 * np.log(-z)
-              + np.log(1 - 3 / z**2 + 15 / z**4 - 105 / z**6))
+    series = (
+        -(z**2) / 2
+        - 0.5 * math.log(2 * math.pi)
+        - 2 * np.log(-z)
+        + np.log(1 - 3 / z**2 + 15 / z**4 - 105 / z**6)
+    )
     np.testing.assert_allclose(bayes_opt.log_h(z), series, rtol=1e-14, atol=1e-9)
     z = np.concatenate([-np.logspace(12, 0.01, 3000), np.linspace(-1, 10, 500)])
     log_ei = bayes_opt.log_expected_improvement(z * sigma, sigma, 0.0)
@@ -53,6 +61,7 @@ def test_log_ei_is_finite_exact_and_monotone_where_ei_underflows():
 
 
 # ---- The GP surrogate ----
+
 
 def test_latent_std_is_the_predictive_std_without_the_fitted_noise():
     rng = np.random.default_rng(0)
@@ -67,7 +76,9 @@ def test_latent_std_is_the_predictive_std_without_the_fitted_noise():
     # Reference: the GP posterior of the signal kernel alone, by hand, in the units of the values.
     train_cov = gp.kernel_(points) + gp.alpha * np.eye(len(points))
     cross_cov = gp.kernel_.k1(queries, points)  # (M, N)
-    latent_var = np.diag(gp.kernel_.k1(queries)) - np.sum(cross_cov * np.linalg.solve(train_cov, cross_cov.T).T, axis=1)
+    latent_var = np.diag(gp.kernel_.k1(queries)) - np.sum(
+        cross_cov * np.linalg.solve(train_cov, cross_cov.T).T, axis=1
+    )
     np.testing.assert_allclose(latent_std, np.sqrt(latent_var) * np.std(values), rtol=1e-6)
 
 
@@ -87,15 +98,24 @@ def test_duplicate_points_and_constant_values_fit_and_use_the_posterior_mean():
 
 # ---- Candidates and suggestions on the simplex ----
 
+
 def test_projection_onto_the_simplex_is_the_nearest_simplex_point():
     hand = np.array([[0.5, 0.5, 0.5], [2.0, 0.0, 0.0], [0.6, 0.6, -1.0], [0.2, 0.3, 0.5]])
-    np.testing.assert_allclose(bayes_opt.project_to_simplex(hand),
-                               [[1 / 3, 1 / 3, 1 / 3], [1, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5]], atol=1e-12)
+    np.testing.assert_allclose(
+        bayes_opt.project_to_simplex(hand),
+        [[1 / 3, 1 / 3, 1 / 3], [1, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5]],
+        atol=1e-12,
+    )
     points = np.random.default_rng(1).normal(0.2, 0.5, (5, 4))
     for point, projected in zip(points, bayes_opt.project_to_simplex(points)):
-        reference = minimize(lambda w: np.sum((w - point) ** 2), np.full(4, 0.25), method="SLSQP",
-                             bounds=[(0, 1)] * 4, constraints={"type": "eq", "fun": lambda w: w.sum() - 1},
-                             options={"ftol": 1e-12}).x
+        reference = minimize(
+            lambda w, point=point: np.sum((w - point) ** 2),
+            np.full(4, 0.25),
+            method="SLSQP",
+            bounds=[(0, 1)] * 4,
+            constraints={"type": "eq", "fun": lambda w: w.sum() - 1},
+            options={"ftol": 1e-12},
+        ).x
         np.testing.assert_allclose(projected, reference, atol=1e-5)
 
 
@@ -130,6 +150,7 @@ def test_tell_rejects_weights_off_the_simplex_and_non_finite_values(tmp_path):
 
 # ---- The trial log ----
 
+
 def test_resume_from_the_log_asks_what_the_uninterrupted_run_asks(tmp_path):
     log_path = str(tmp_path / "bo.jsonl")
     uninterrupted, logged = BayesOpt(NAMES, seed=3), BayesOpt(NAMES, log_path=log_path, seed=3)
@@ -140,7 +161,10 @@ def test_resume_from_the_log_asks_what_the_uninterrupted_run_asks(tmp_path):
         info = {"step": step, "kl": np.float32(0.25)}  # a numpy scalar is logged as a float
         uninterrupted.tell(weights, value, info=info)
         logged.tell(weights, value, info=info)
-    assert logged.trials[-1]["info"] == {"step": 5, "kl": 0.25} and type(logged.trials[-1]["info"]["kl"]) is float
+    assert (
+        logged.trials[-1]["info"] == {"step": 5, "kl": 0.25}
+        and type(logged.trials[-1]["info"]["kl"]) is float
+    )
     with open(log_path) as log:
         assert [json.loads(line) for line in log] == uninterrupted.trials
     resumed = BayesOpt(NAMES, log_path=log_path, seed=3)
@@ -168,6 +192,7 @@ def test_resume_from_the_log_asks_what_the_uninterrupted_run_asks(tmp_path):
 
 
 # ---- The project's module, not PyPI's `bayesian-optimization` (which also imports as bayes_opt) ----
+
 
 def test_the_project_module_is_imported_even_with_pypi_bayes_opt_on_the_path(tmp_path):
     assert bayes_opt.__file__ == os.path.join(REPO_ROOT, "bayes_opt.py")

@@ -1,4 +1,5 @@
 """Tests for ppo.py: hand-worked GAE, masking, log-prob recomputation, generation, learning."""
+
 import copy
 
 import numpy as np
@@ -22,8 +23,17 @@ def one_thread():
 
 def tiny_gpt2(vocab_size=12, seed=0, **overrides):
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=1, n_head=2,
-                        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, **overrides)
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=64,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        **overrides,
+    )
     return GPT2LMHeadModel(config).eval()
 
 
@@ -47,26 +57,33 @@ def test_left_padded_logprobs_equal_unpadded_reference():
     response_mask = torch.tensor([[1] * len(r) + [0] * (5 - len(r)) for r in responses])
     with torch.no_grad():
         logprobs, entropy, values = ppo.response_logprobs(
-            model, prompt_ids, prompt_mask, response_ids, response_mask, 0.7, value_head)
+            model, prompt_ids, prompt_mask, response_ids, response_mask, 0.7, value_head
+        )
         for i, (prompt, response) in enumerate(zip(PROMPTS, responses)):
             # Reference: a plain forward of the unpadded sequence, default positions.
             out = model(torch.tensor([prompt + response]), output_hidden_states=True)
-            step_logprobs = torch.log_softmax(out.logits[0] / 0.7, dim=-1)[len(prompt) - 1:-1]
+            step_logprobs = torch.log_softmax(out.logits[0] / 0.7, dim=-1)[len(prompt) - 1 : -1]
             expected = step_logprobs.gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
             n = len(response)
             torch.testing.assert_close(logprobs[i, :n], expected, atol=1e-5, rtol=0)
             expected_entropy = -(step_logprobs.exp() * step_logprobs).sum(-1)
             torch.testing.assert_close(entropy[i, :n], expected_entropy, atol=1e-5, rtol=0)
             alone = ppo.response_logprobs(
-                model, torch.tensor([prompt]), torch.ones(1, len(prompt)),
-                torch.tensor([response]), torch.ones(1, n), 0.7, value_head)
+                model,
+                torch.tensor([prompt]),
+                torch.ones(1, len(prompt)),
+                torch.tensor([response]),
+                torch.ones(1, n),
+                0.7,
+                value_head,
+            )
             torch.testing.assert_close(values[i, :n], alone[2][0], atol=1e-5, rtol=0)
     for out in (logprobs, entropy, values):
         assert (out[response_mask == 0] == 0).all()
 
 
 def test_gae_hand_worked_with_masking():
-    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.5, -1.0, 7.0]])   # 7 and 9 sit on a pad
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.5, -1.0, 7.0]])  # 7 and 9 sit on a pad
     values = torch.tensor([[0.5, 0.2, 0.4], [0.3, -0.2, 9.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     advantages, returns = ppo.gae(rewards, values, mask, gamma=0.9, lam=0.5)
@@ -82,11 +99,11 @@ def test_gae_hand_worked_with_masking():
 def test_sparse_score_lands_on_last_real_token():
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
     rewards = ppo.sparse_token_rewards(torch.tensor([2.0, -3.0, 0.5]), mask)
-    assert torch.equal(rewards, torch.tensor([[0, 0, 2.0, 0, 0], [0, 0, 0, 0, -3.0],
-                                              [0.5, 0, 0, 0, 0]]))
+    assert torch.equal(rewards, torch.tensor([[0, 0, 2.0, 0, 0], [0, 0, 0, 0, -3.0], [0.5, 0, 0, 0, 0]]))
     # Sampled responses that stop at EOS (and ones cut at max_new_tokens).
-    trainer = ppo.PPOTrainer(uniform_model(), ppo.PPOConfig(max_new_tokens=6, min_new_tokens=1,
-                                                            device="cpu"), PAD, EOS)
+    trainer = ppo.PPOTrainer(
+        uniform_model(), ppo.PPOConfig(max_new_tokens=6, min_new_tokens=1, device="cpu"), PAD, EOS
+    )
     response_ids, mask = trainer.generate(*left_pad(PROMPTS * 10))
     scores = torch.arange(1, 31, dtype=torch.float32)
     rewards = ppo.sparse_token_rewards(scores, mask)
@@ -125,14 +142,14 @@ def test_generation_mask_ends_at_eos_and_min_new_tokens_blocks_it():
     response_ids, mask = trainer.generate(*left_pad(PROMPTS * 30))
     lengths = mask.sum(1)
     assert (lengths >= 3).all() and (lengths <= 10).all()
-    assert not (response_ids[:, :3] == EOS).any()                 # EOS blocked before 3 tokens
+    assert not (response_ids[:, :3] == EOS).any()  # EOS blocked before 3 tokens
     for ids, row_mask, length in zip(response_ids, mask, lengths):
         assert (row_mask[:length] == 1).all() and (row_mask[length:] == 0).all()
         assert (ids[length:] == PAD).all()
         eos_at = (ids == EOS).nonzero().flatten()
-        if len(eos_at):                                              # mask ends at EOS inclusive
+        if len(eos_at):  # mask ends at EOS inclusive
             assert eos_at[0] == length - 1
-        else:                                                        # cut at max_new_tokens
+        else:  # cut at max_new_tokens
             assert length == 10
     assert (lengths < 10).any() and (lengths == 10).any()
 
@@ -140,8 +157,7 @@ def test_generation_mask_ends_at_eos_and_min_new_tokens_blocks_it():
 def test_greedy_generation_equals_uncached_unpadded_decoding():
     model = tiny_gpt2()
     config = ppo.PPOConfig(min_new_tokens=2, max_new_tokens=8, device="cpu")
-    batch_ids, batch_mask = ppo.PPOTrainer(model, config, PAD, EOS).generate(
-        *left_pad(PROMPTS), greedy=True)
+    batch_ids, batch_mask = ppo.PPOTrainer(model, config, PAD, EOS).generate(*left_pad(PROMPTS), greedy=True)
     for i, prompt in enumerate(PROMPTS):
         # Reference: no cache, no padding, one full forward per new token.
         sequence = list(prompt)
@@ -153,14 +169,17 @@ def test_greedy_generation_equals_uncached_unpadded_decoding():
             sequence.append(int(logits.argmax()))
             if sequence[-1] == EOS:
                 break
-        response = sequence[len(prompt):]
+        response = sequence[len(prompt) :]
         assert batch_mask[i].sum() == len(response)
-        assert batch_ids[i, :len(response)].tolist() == response
+        assert batch_ids[i, : len(response)].tolist() == response
 
 
 def test_top_k_top_p_filter_by_hand():
-    logits = torch.tensor([[1.0, 3.0, 0.0, 2.0]])                 # probs .087 .644 .032 .237
-    kept = lambda out: torch.isfinite(out[0]).tolist()
+    logits = torch.tensor([[1.0, 3.0, 0.0, 2.0]])  # probs .087 .644 .032 .237
+
+    def kept(out):
+        return torch.isfinite(out[0]).tolist()
+
     assert kept(ppo.filter_top_k_top_p(logits, 2, 1.0)) == [False, True, False, True]
     assert kept(ppo.filter_top_k_top_p(logits, 0, 0.7)) == [False, True, False, True]
     assert kept(ppo.filter_top_k_top_p(logits, 0, 0.6)) == [False, True, False, False]
@@ -169,9 +188,16 @@ def test_top_k_top_p_filter_by_hand():
 
 def test_first_ratio_is_one_and_adaptive_kl_controller():
     policy = tiny_gpt2()
-    policy.train()                                   # dropout on: the trainer must switch it off
-    config = ppo.PPOConfig(batch_size=12, minibatch_size=4, temperature=0.7, max_new_tokens=6,
-                           target_kl=0.01, kl_horizon=100, device="cpu")
+    policy.train()  # dropout on: the trainer must switch it off
+    config = ppo.PPOConfig(
+        batch_size=12,
+        minibatch_size=4,
+        temperature=0.7,
+        max_new_tokens=6,
+        target_kl=0.01,
+        kl_horizon=100,
+        device="cpu",
+    )
     trainer = ppo.PPOTrainer(policy, config, PAD, EOS)
     prompt_ids, prompt_mask = left_pad(PROMPTS * 4)
     first = trainer.rollout(prompt_ids, prompt_mask)
@@ -179,7 +205,7 @@ def test_first_ratio_is_one_and_adaptive_kl_controller():
     rewards = ppo.sparse_token_rewards(torch.randn(12), first.response_mask)
     stats = trainer.update(first, rewards)
     assert stats["first_ratio_error"] < 1e-6 and stats["kl"] == 0.0
-    assert stats["approx_kl"] > 0                    # later minibatches did move the policy
+    assert stats["approx_kl"] > 0  # later minibatches did move the policy
     # Next iteration: KL > 0 now; beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * B / horizon.
     stats = trainer.update(trainer.rollout(prompt_ids, prompt_mask), rewards * 0)
     error = float(np.clip(stats["kl"] / 0.01 - 1, -0.2, 0.2))
@@ -191,8 +217,15 @@ def test_first_ratio_is_one_and_adaptive_kl_controller():
 
 def train_token_counter(model_dir, seed, iterations=20):
     """PPO on 'reward +1 per occurrence of token 5'; returns the per-iteration stats."""
-    config = ppo.PPOConfig(batch_size=32, minibatch_size=16, learning_rate=1e-3,
-                           min_new_tokens=6, max_new_tokens=6, device="cpu", seed=seed)
+    config = ppo.PPOConfig(
+        batch_size=32,
+        minibatch_size=16,
+        learning_rate=1e-3,
+        min_new_tokens=6,
+        max_new_tokens=6,
+        device="cpu",
+        seed=seed,
+    )
     trainer = ppo.PPOTrainer(GPT2LMHeadModel.from_pretrained(model_dir), config, PAD, EOS)
     prompt_ids, prompt_mask = left_pad(PROMPTS * 11)
     history = []
@@ -208,7 +241,7 @@ def test_learning_rises_and_is_reproducible(tmp_path):
     tiny_gpt2().save_pretrained(tmp_path)
     history = train_token_counter(tmp_path, seed=3)
     scores = [h["score"] for h in history]
-    assert np.mean(scores[:3]) < 1.5                 # ~6 tokens * 1/12 at the start
+    assert np.mean(scores[:3]) < 1.5  # ~6 tokens * 1/12 at the start
     assert np.mean(scores[-3:]) > np.mean(scores[:3]) + 1.5
     assert train_token_counter(tmp_path, seed=3) == history
 
@@ -223,5 +256,7 @@ def test_a_shared_reference_stays_trainable_for_the_next_run():
     second = ppo.PPOTrainer(copy.deepcopy(sft), config, PAD, EOS, ref_policy=sft)
     before = [p.detach().clone() for p in second.policy.parameters()]
     rollout = second.rollout(*left_pad(PROMPTS[:2] * 2))
-    second.update(rollout, ppo.sparse_token_rewards(torch.tensor([1.0, -1.0, 1.0, -1.0]), rollout.response_mask))
+    second.update(
+        rollout, ppo.sparse_token_rewards(torch.tensor([1.0, -1.0, 1.0, -1.0]), rollout.response_mask)
+    )
     assert any(not torch.equal(a, b) for a, b in zip(before, second.policy.parameters()))

@@ -1,4 +1,5 @@
 """report.py: the figures of the results table, on hand-made learning curves."""
+
 import pytest
 
 import report
@@ -6,8 +7,16 @@ import report
 
 def arm(name, seed, rewards, every=2):
     curve = [{"iteration": every * i, "reward": r, "kl": 0.0} for i, r in enumerate(rewards)]
-    return {"arm": name, "seed": seed, "weights": {"sparse": 1.0}, "curve": curve, "kl": 1.0, "seconds": 1.0,
-            "auc": sum(rewards[1:]) / (len(rewards) - 1), "final": (rewards[-1] + rewards[-2]) / 2}
+    return {
+        "arm": name,
+        "seed": seed,
+        "weights": {"sparse": 1.0},
+        "curve": curve,
+        "kl": 1.0,
+        "seconds": 1.0,
+        "auc": sum(rewards[1:]) / (len(rewards) - 1),
+        "final": (rewards[-1] + rewards[-2]) / 2,
+    }
 
 
 ARMS = {  # sparse at seed 1 ends at (3 + 5) / 2 = 4
@@ -27,10 +36,10 @@ def test_first_reach_and_never():
 
 def test_reach_is_against_sparse_at_the_same_seed():
     reach = report.reach_iterations(ARMS)
-    assert reach["sparse-seed1"] == 6          # 4.5 at iteration 6 is the first >= 4
+    assert reach["sparse-seed1"] == 6  # 4.5 at iteration 6 is the first >= 4
     assert reach["bo-best-seed1"] == 4
     assert reach["sparse-seed2"] == 6 and reach["bo-best-seed2"] == "never"
-    assert reach["trial-0"] is None             # no sparse run at seed 100
+    assert reach["trial-0"] is None  # no sparse run at seed 100
 
 
 def test_confirmation_ratio_counts_never_as_the_whole_run():

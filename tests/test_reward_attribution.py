@@ -1,5 +1,6 @@
 """Tests for reward_attribution.py: SHAP and LIME backends against exact answers and each other,
 attention rows through a tokenizer mismatch, and the errors."""
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +11,20 @@ import reward_attribution as ra
 import task as task_module
 
 SPECIAL = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[CLS]"]
-VALUES = {"great": 2.0, "superb": 3.0, "good": 1.0, "bad": -2.0, "dull": -1.0, "not": 0.0,
-          "the": 0.0, "plot": 0.0, "acting": 0.0, "was": 0.0, "but": 0.0, ".": 0.0}
+VALUES = {
+    "great": 2.0,
+    "superb": 3.0,
+    "good": 1.0,
+    "bad": -2.0,
+    "dull": -1.0,
+    "not": 0.0,
+    "the": 0.0,
+    "plot": 0.0,
+    "acting": 0.0,
+    "was": 0.0,
+    "but": 0.0,
+    ".": 0.0,
+}
 PROMPTS = ["the plot", "the acting was", "the plot was"]
 RESPONSES = ["was not great but the acting was superb .", "dull .", "not bad but not good"]
 
@@ -21,9 +34,17 @@ def word_tokenizer(first_token: str = "[BOS]") -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.post_processor = processors.TemplateProcessing(
-        single=f"{first_token} $A", special_tokens=[(first_token, vocab[first_token])])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
-                                   bos_token="[BOS]", eos_token="[EOS]", cls_token="[CLS]", padding_side="left")
+        single=f"{first_token} $A", special_tokens=[(first_token, vocab[first_token])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        cls_token="[CLS]",
+        padding_side="left",
+    )
 
 
 def encode(tokenizer, prompts: list[str], responses: list[str]):
@@ -37,8 +58,9 @@ def encode(tokenizer, prompts: list[str], responses: list[str]):
 
 def additive_reward(prompts: list[str], responses: list[str]) -> torch.Tensor:
     """f = number of prompt words + sum of word values ([UNK] and unknown words are 0)."""
-    return torch.tensor([len(p.split()) + sum(VALUES.get(w, 0.0) for w in r.split())
-                         for p, r in zip(prompts, responses)])
+    return torch.tensor(
+        [len(p.split()) + sum(VALUES.get(w, 0.0) for w in r.split()) for p, r in zip(prompts, responses)]
+    )
 
 
 def negating_reward(prompts: list[str], responses: list[str]) -> torch.Tensor:
@@ -46,7 +68,9 @@ def negating_reward(prompts: list[str], responses: list[str]) -> torch.Tensor:
     scores = []
     for response in responses:
         words = response.split()
-        scores.append(sum(VALUES.get(w, 0.0) * (-1 if i and words[i - 1] == "not" else 1) for i, w in enumerate(words)))
+        scores.append(
+            sum(VALUES.get(w, 0.0) * (-1 if i and words[i - 1] == "not" else 1) for i, w in enumerate(words))
+        )
     return torch.tensor(scores)
 
 
@@ -68,8 +92,14 @@ def test_byte_level_bpe_pieces_keep_a_split_character_whole():
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(["the plot was great"], trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["[PAD]", "[EOS]"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    backend.train_from_iterator(
+        ["the plot was great"],
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["[PAD]", "[EOS]"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", eos_token="[EOS]")
     prompts, pieces = ra.response_texts(tokenizer, *encode(tokenizer, ["the plot"], [" was café great"]))
     assert prompts == ["the plot"]  # "é" is two byte tokens: the first gets "", the second the character
@@ -88,7 +118,7 @@ def test_every_shap_backend_is_exact_on_an_additive_reward(backend, mask_string)
     if backend == "batched":  # at most 4 (T-1) + 2 per response: a repeated coalition is scored once
         assert 2 * len(RESPONSES) < rows <= (4 * (lengths - 1) + 2).sum() <= 4 * lengths.sum()
     else:
-        assert rows == {"exact": (2 ** lengths).sum(), "library": (2 * (2 * lengths + 1)).sum()}[backend]
+        assert rows == {"exact": (2**lengths).sum(), "library": (2 * (2 * lengths + 1)).sum()}[backend]
 
 
 @pytest.mark.parametrize("backend", ["batched", "library"])
@@ -96,7 +126,9 @@ def test_one_antithetic_pair_is_exact_for_pairwise_interactions(backend):
     """A permutation and its reverse give every pair's interaction half to each token."""
     tokenizer = word_tokenizer()
     ids = encode(tokenizer, PROMPTS, RESPONSES)
-    exact, _ = ra.attribute("shap", tokenizer, *ids, negating_reward, ra.AttributionConfig(shap_backend="exact"))
+    exact, _ = ra.attribute(
+        "shap", tokenizer, *ids, negating_reward, ra.AttributionConfig(shap_backend="exact")
+    )
     config = ra.AttributionConfig(shap_backend=backend, shap_permutations=2, seed=3)
     sampled, _ = ra.attribute("shap", tokenizer, *ids, negating_reward, config)
     assert torch.allclose(sampled, exact, atol=1e-5)
@@ -117,8 +149,11 @@ def test_unregularised_lime_recovers_an_additive_reward(backend):
 def test_batched_sampling_is_seeded():
     tokenizer = word_tokenizer()
     ids = encode(tokenizer, PROMPTS, RESPONSES)
-    runs = [ra.attribute(method, tokenizer, *ids, negating_reward, ra.AttributionConfig(seed=seed))[0]
-            for method in ("shap", "lime") for seed in (0, 0, 1)]
+    runs = [
+        ra.attribute(method, tokenizer, *ids, negating_reward, ra.AttributionConfig(seed=seed))[0]
+        for method in ("shap", "lime")
+        for seed in (0, 0, 1)
+    ]
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[3], runs[4])
     assert not torch.equal(runs[3], runs[5])  # a new seed draws a new LIME neighbourhood
 
@@ -131,11 +166,14 @@ def test_errors_name_the_problem():
 
     def broken_reward(prompts, responses):
         return torch.tensor([float("nan") if "dull" in r else 0.0 for r in responses])
+
     with pytest.raises(ValueError, match="' dull .'"):
         ra.attribute("shap", tokenizer, *ids, broken_reward)
     long_ids = encode(tokenizer, ["the plot"], [" ".join(["good"] * 15)])
     with pytest.raises(ValueError, match="16 tokens"):
-        ra.attribute("shap", tokenizer, *long_ids, additive_reward, ra.AttributionConfig(shap_backend="exact"))
+        ra.attribute(
+            "shap", tokenizer, *long_ids, additive_reward, ra.AttributionConfig(shap_backend="exact")
+        )
     with pytest.raises(ValueError, match="even"):
         ra.AttributionConfig(shap_permutations=3)
     with pytest.raises(ValueError, match="shap_backend"):
@@ -153,20 +191,35 @@ def bpe_tokenizer() -> PreTrainedTokenizerFast:
     trainer = trainers.BpeTrainer(vocab_size=40, special_tokens=SPECIAL)
     backend.train_from_iterator([" ".join(VALUES)] * 3, trainer)
     backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A", special_tokens=[("[CLS]", backend.token_to_id("[CLS]"))])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", padding_side="right")
+        single="[CLS] $A", special_tokens=[("[CLS]", backend.token_to_id("[CLS]"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        padding_side="right",
+    )
 
 
 @pytest.fixture(scope="module")
 def bert_rm(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bert-rm")
     tokenizer = bpe_tokenizer()
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=40, num_labels=2)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=40,
+        num_labels=2,
+    )
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(folder)
-    return BertForSequenceClassification.from_pretrained(folder, attn_implementation="eager").eval(), tokenizer
+    return BertForSequenceClassification.from_pretrained(
+        folder, attn_implementation="eager"
+    ).eval(), tokenizer
 
 
 def test_attention_maps_through_a_tokenizer_mismatch(bert_rm):
@@ -174,10 +227,13 @@ def test_attention_maps_through_a_tokenizer_mismatch(bert_rm):
     policy_tokenizer = word_tokenizer()
     ids = encode(policy_tokenizer, PROMPTS, RESPONSES)
     assert len(rm_tokenizer.tokenize("superb")) > 1  # the mismatch is real
-    alpha, rows = ra.attribute("attention", policy_tokenizer, *ids, None,
-                               reward_model=model, reward_tokenizer=rm_tokenizer)
+    alpha, rows = ra.attribute(
+        "attention", policy_tokenizer, *ids, None, reward_model=model, reward_tokenizer=rm_tokenizer
+    )
     assert rows == len(PROMPTS) and torch.allclose(alpha.sum(1), torch.ones(3), atol=1e-6)
-    assert (alpha[ids[2] == 0] == 0).all() and (alpha[torch.arange(3), ids[2].sum(1) - 1] == 0).all()  # EOS: no text
+    assert (alpha[ids[2] == 0] == 0).all() and (
+        alpha[torch.arange(3), ids[2].sum(1) - 1] == 0
+    ).all()  # EOS: no text
     # reference: the [CLS] row summed over the RM pieces of each response word, renormalised
     text = PROMPTS[0] + " " + RESPONSES[0]
     encoded = rm_tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
@@ -189,9 +245,13 @@ def test_attention_maps_through_a_tokenizer_mismatch(bert_rm):
         start = text.index(word, start)
         word_spans.append((start, start + len(word)))
         start += len(word)
-    per_word = torch.tensor([sum(cls_row[j].item() for j, (s, e) in enumerate(offsets) if e > s and s >= ws and e <= we)
-                             for ws, we in word_spans])
-    assert torch.allclose(alpha[0, :len(word_spans)], per_word / per_word.sum(), atol=1e-6)
+    per_word = torch.tensor(
+        [
+            sum(cls_row[j].item() for j, (s, e) in enumerate(offsets) if e > s and s >= ws and e <= we)
+            for ws, we in word_spans
+        ]
+    )
+    assert torch.allclose(alpha[0, : len(word_spans)], per_word / per_word.sum(), atol=1e-6)
 
 
 def test_attention_errors(bert_rm, tmp_path):
@@ -199,12 +259,16 @@ def test_attention_errors(bert_rm, tmp_path):
     policy_tokenizer = word_tokenizer()
     long_ids = encode(policy_tokenizer, ["the plot"], [" ".join(["superb"] * 12)])
     with pytest.raises(ValueError, match="max_position_embeddings=40"):
-        ra.attribute("attention", policy_tokenizer, *long_ids, None, reward_model=model, reward_tokenizer=rm_tokenizer)
+        ra.attribute(
+            "attention", policy_tokenizer, *long_ids, None, reward_model=model, reward_tokenizer=rm_tokenizer
+        )
     model.save_pretrained(tmp_path)
     sdpa = BertForSequenceClassification.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
     ids = encode(policy_tokenizer, PROMPTS, RESPONSES)
     with pytest.raises(ValueError, match="eager"):
-        ra.attribute("attention", policy_tokenizer, *ids, None, reward_model=sdpa, reward_tokenizer=rm_tokenizer)
+        ra.attribute(
+            "attention", policy_tokenizer, *ids, None, reward_model=sdpa, reward_tokenizer=rm_tokenizer
+        )
     assert ra.reads_last_token(GPT2Config()) and not ra.reads_last_token(model.config)
 
 
@@ -215,11 +279,14 @@ def test_attention_errors(bert_rm, tmp_path):
 def embedded(embedded_task):
     """Ids of 16 validation prompts with their demonstrations (<= 11 words + EOS) and the RM."""
     task = embedded_task
-    pairs = [(p, task.demonstrations[p]) for p in task.val_prompts if len(task.demonstrations[p].split()) <= 11][:16]
+    pairs = [
+        (p, task.demonstrations[p]) for p in task.val_prompts if len(task.demonstrations[p].split()) <= 11
+    ][:16]
     ids = encode(task.policy_tokenizer, [p for p, _ in pairs], [d.strip() for _, d in pairs])
 
     def reward_fn(prompts, responses):
         return task_module.score(task.reward_model, task.reward_tokenizer, prompts, responses)
+
     return task, ids, reward_fn
 
 
@@ -234,28 +301,41 @@ def test_batched_shap_matches_exact_shapley_and_is_efficient(embedded):
     exact, _ = ra.attribute("shap", tokenizer, *ids, reward_fn, ra.AttributionConfig(shap_backend="exact"))
     batched, rows = ra.attribute("shap", tokenizer, *ids, reward_fn)
     assert pooled_correlation(batched, exact, ids[2]) >= 0.95 and rows <= 4 * lengths.sum()
-    library, _ = ra.attribute("shap", tokenizer, *[x[:4] for x in ids], reward_fn,
-                              ra.AttributionConfig(shap_backend="library"))
+    library, _ = ra.attribute(
+        "shap", tokenizer, *[x[:4] for x in ids], reward_fn, ra.AttributionConfig(shap_backend="library")
+    )
     # efficiency: sum_t phi_t = f(full) - f(all masked), for every backend
     prompts, pieces = ra.response_texts(tokenizer, *ids)
     full = reward_fn(prompts, ["".join(row) for row in pieces]).double()
-    masked = reward_fn(prompts, ["".join(ra.masked_piece(p, "[UNK]") for p in row) for row in pieces]).double()
+    masked = reward_fn(
+        prompts, ["".join(ra.masked_piece(p, "[UNK]") for p in row) for row in pieces]
+    ).double()
     for phi in (exact, batched, library):
-        assert torch.allclose(phi.double().sum(1), (full - masked)[:len(phi)], atol=1e-5)
+        assert torch.allclose(phi.double().sum(1), (full - masked)[: len(phi)], atol=1e-5)
 
 
 def test_batched_lime_agrees_with_the_lime_package(embedded):
     task, ids, reward_fn = embedded
     ids = [x[:12] for x in ids]
     batched, _ = ra.attribute("lime", task.policy_tokenizer, *ids, reward_fn)
-    library, rows = ra.attribute("lime", task.policy_tokenizer, *ids, reward_fn,
-                                 ra.AttributionConfig(lime_backend="library"))
-    assert pooled_correlation(batched, library, ids[2]) >= 0.9 and rows == 12 * ra.AttributionConfig().lime_samples
+    library, rows = ra.attribute(
+        "lime", task.policy_tokenizer, *ids, reward_fn, ra.AttributionConfig(lime_backend="library")
+    )
+    assert (
+        pooled_correlation(batched, library, ids[2]) >= 0.9
+        and rows == 12 * ra.AttributionConfig().lime_samples
+    )
 
 
 def test_attention_rows_sum_to_one_on_the_embedded_rm(embedded):
     task, ids, reward_fn = embedded
-    alpha, rows = ra.attribute("attention", task.policy_tokenizer, *ids, None,
-                               reward_model=task.reward_model, reward_tokenizer=task.reward_tokenizer)
+    alpha, rows = ra.attribute(
+        "attention",
+        task.policy_tokenizer,
+        *ids,
+        None,
+        reward_model=task.reward_model,
+        reward_tokenizer=task.reward_tokenizer,
+    )
     assert rows == len(ids[0]) and torch.allclose(alpha.sum(1), torch.ones(len(alpha)), atol=1e-6)
     assert (alpha >= 0).all() and (alpha[ids[2] == 0] == 0).all()

@@ -1,4 +1,5 @@
 """run.py end to end: a --quick run's artifacts, resuming after an interrupt, bad options."""
+
 import csv
 import json
 import os
@@ -24,7 +25,14 @@ def test_quick_run_writes_every_artifact(tmp_path, task_cache):
     assert set(run.BASELINES) | {"trial-0", "trial-1", "bo-best-seed1", "sparse-seed1"} == arms
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     # the baselines on the BO's simplex are told first (free observations), then 2 BO trials
-    assert [trial["info"]["arm"] for trial in trials] == ["sparse", "abc", "shap", "lime", "trial-0", "trial-1"]
+    assert [trial["info"]["arm"] for trial in trials] == [
+        "sparse",
+        "abc",
+        "shap",
+        "lime",
+        "trial-0",
+        "trial-1",
+    ]
     assert trials[1]["weights"] == {"sparse": 0.2, "attention": 0.8, "shap": 0.0, "lime": 0.0}
     assert trials[2]["value"] == result["arms"]["shap"]["auc"]
     assert all(abs(sum(trial["weights"].values()) - 1) < 1e-6 for trial in trials)
@@ -73,12 +81,15 @@ def test_interrupted_run_resumes_without_repeating_finished_work(tmp_path, task_
     assert len(made) == 3  # trial-1, bo-best-seed1, sparse-seed1: nothing finished is trained again
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--components", "sparse,shapley"], "unknown credit component 'shapley'"),
-    (["--baselines", "sparse,ppo"], "unknown baseline 'ppo'"),
-    (["--prompts", "/no/such/prompts.txt"], "--prompts file '/no/such/prompts.txt' does not exist"),
-    (["--weights", "WEIGHTS"], "are not on the simplex"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--components", "sparse,shapley"], "unknown credit component 'shapley'"),
+        (["--baselines", "sparse,ppo"], "unknown baseline 'ppo'"),
+        (["--prompts", "/no/such/prompts.txt"], "--prompts file '/no/such/prompts.txt' does not exist"),
+        (["--weights", "WEIGHTS"], "are not on the simplex"),
+    ],
+)
 def test_bad_options_exit_with_a_clear_message(tmp_path, capsys, extra, message):
     weights = tmp_path / "weights.json"
     weights.write_text(json.dumps({"sparse": 0.7, "shap": 0.7}))
@@ -90,7 +101,9 @@ def test_bad_options_exit_with_a_clear_message(tmp_path, capsys, extra, message)
 
 def test_a_folder_holding_a_run_with_other_training_options_is_refused(tmp_path):
     run.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))
-    run.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--threads", "1"]))  # rounding, not the experiment
+    run.claim_output_folder(
+        run.parse_options(["--out", str(tmp_path), "--threads", "1"])
+    )  # rounding, not the experiment
     with pytest.raises(SystemExit) as exit_info:  # its finished arms were trained otherwise
         run.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--learning-rate", "1e-4"]))
     assert "other options {'learning_rate': (0.0002, 0.0001)}" in str(exit_info.value)
@@ -113,17 +126,40 @@ def save_real_model_pair(folder, corpus):
     """A GPT-2 policy with a byte-level BPE tokenizer and a DistilBERT RM with a WordPiece
     tokenizer (so the two tokenizers differ), saved as a real checkpoint would be."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import (DistilBertConfig, DistilBertForSequenceClassification, GPT2Config,
-                              GPT2LMHeadModel, PreTrainedTokenizerFast)
+    from transformers import (
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        GPT2Config,
+        GPT2LMHeadModel,
+        PreTrainedTokenizerFast,
+    )
+
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=200, special_tokens=["<|endoftext|>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    policy_tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    bpe.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=200,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    policy_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
     eos = policy_tokenizer.eos_token_id
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(policy_tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=2,
-                               bos_token_id=eos, eos_token_id=eos)).save_pretrained(folder / "policy")
+    GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(policy_tokenizer),
+            n_positions=64,
+            n_embd=32,
+            n_layer=1,
+            n_head=2,
+            bos_token_id=eos,
+            eos_token_id=eos,
+        )
+    ).save_pretrained(folder / "policy")
     policy_tokenizer.save_pretrained(folder / "policy")
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -131,13 +167,29 @@ def save_real_model_pair(folder, corpus):
     wordpiece.pre_tokenizer, wordpiece.decoder = pre_tokenizers.BertPreTokenizer(), decoders.WordPiece()
     wordpiece.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=150, special_tokens=specials))
     wordpiece.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[(t, wordpiece.token_to_id(t)) for t in ("[CLS]", "[SEP]")])
-    reward_tokenizer = PreTrainedTokenizerFast(tokenizer_object=wordpiece, pad_token="[PAD]", unk_token="[UNK]",
-                                               cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    DistilBertForSequenceClassification(DistilBertConfig(
-        vocab_size=len(reward_tokenizer), dim=32, hidden_dim=64, n_layers=1, n_heads=2, max_position_embeddings=128,
-        pad_token_id=0, id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
-    )).save_pretrained(folder / "rm")
+        single="[CLS] $A [SEP]", special_tokens=[(t, wordpiece.token_to_id(t)) for t in ("[CLS]", "[SEP]")]
+    )
+    reward_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=wordpiece,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    DistilBertForSequenceClassification(
+        DistilBertConfig(
+            vocab_size=len(reward_tokenizer),
+            dim=32,
+            hidden_dim=64,
+            n_layers=1,
+            n_heads=2,
+            max_position_embeddings=128,
+            pad_token_id=0,
+            id2label={0: "NEGATIVE", 1: "POSITIVE"},
+            label2id={"NEGATIVE": 0, "POSITIVE": 1},
+        )
+    ).save_pretrained(folder / "rm")
     reward_tokenizer.save_pretrained(folder / "rm")
 
 
@@ -145,18 +197,44 @@ def test_quick_run_on_a_real_model_pair_with_different_tokenizers(tmp_path):
     import random
 
     import task
+
     rng = random.Random(0)
     corpus = [" ".join(task.random_review(rng)) for _ in range(300)]
     save_real_model_pair(tmp_path, corpus)
-    lines = [" ".join(review.split()[:3]) + ("\t" + " ".join(review.split()[3:]) if i % 2 else "")
-             for i, review in enumerate(corpus[:40])]
+    lines = [
+        " ".join(review.split()[:3]) + ("\t" + " ".join(review.split()[3:]) if i % 2 else "")
+        for i, review in enumerate(corpus[:40])
+    ]
     (tmp_path / "prompts.txt").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    result = run.main(["--quick", "--baselines", "sparse,abc,shap,lime,rcfd", "--out", str(out),
-                       "--policy", str(tmp_path / "policy"), "--reward-model", str(tmp_path / "rm"),
-                       "--prompts", str(tmp_path / "prompts.txt"), "--cache-dir", str(tmp_path / "cache")])
+    result = run.main(
+        [
+            "--quick",
+            "--baselines",
+            "sparse,abc,shap,lime,rcfd",
+            "--out",
+            str(out),
+            "--policy",
+            str(tmp_path / "policy"),
+            "--reward-model",
+            str(tmp_path / "rm"),
+            "--prompts",
+            str(tmp_path / "prompts.txt"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     # RCfD needs a demonstration for every training prompt: half have none, so it is skipped
-    assert set(result["arms"]) == {"sparse", "abc", "shap", "lime", "trial-0", "trial-1", "bo-best-seed1", "sparse-seed1"}
+    assert set(result["arms"]) == {
+        "sparse",
+        "abc",
+        "shap",
+        "lime",
+        "trial-0",
+        "trial-1",
+        "bo-best-seed1",
+        "sparse-seed1",
+    }
     assert not (tmp_path / "cache").exists()  # nothing embedded was built
     page = (out / "tokens.html").read_text()
     assert ">abc</td>" in page and ">truth</td>" not in page  # no ground truth outside the embedded task

@@ -1,4 +1,5 @@
 """Tests for shaping.py: every component and every simplex mix conserves R; errors are clear."""
+
 import pytest
 import torch
 
@@ -12,16 +13,20 @@ def random_batch(seed: int, B: int = 6, T: int = 7):
     lengths[0] = 1  # always include a one-token response
     mask = (torch.arange(T) < lengths[:, None]).float()
     scores = torch.randn(B, generator=generator) * 5
-    attributions = {"attention": torch.rand(B, T, generator=generator) * mask,
-                    "shap": torch.randn(B, T, generator=generator) * mask,
-                    "lime": torch.randn(B, T, generator=generator) * mask}
+    attributions = {
+        "attention": torch.rand(B, T, generator=generator) * mask,
+        "shap": torch.randn(B, T, generator=generator) * mask,
+        "lime": torch.randn(B, T, generator=generator) * mask,
+    }
     return scores, mask, attributions
 
 
 def test_hand_computed_components_and_mix():
     scores, mask = torch.tensor([6.0]), torch.tensor([[1.0, 1.0, 1.0, 0.0]])
-    attributions = {"attention": torch.tensor([[0.5, 0.25, 0.25, 0.0]]),
-                    "shap": torch.tensor([[1.0, 2.0, -1.0, 0.0]])}
+    attributions = {
+        "attention": torch.tensor([[0.5, 0.25, 0.25, 0.0]]),
+        "shap": torch.tensor([[1.0, 2.0, -1.0, 0.0]]),
+    }
     components = shaping.credit_components(scores, mask, attributions)
     assert components["sparse"].tolist() == [[0.0, 0.0, 6.0, 0.0]]
     assert components["uniform"].tolist() == [[2.0, 2.0, 2.0, 0.0]]
@@ -84,13 +89,16 @@ def test_attention_is_renormalised_over_the_response():
     assert torch.allclose(components["attention"], torch.tensor([[1.5, 0.5]]))
 
 
-@pytest.mark.parametrize("weights, message", [
-    ({"sparse": 0.5, "uniform": 0.4}, "simplex"),
-    ({"sparse": 1.2, "uniform": -0.2}, "simplex"),
-    ({"sparse": float("nan"), "uniform": 1.0}, "simplex"),
-    ({}, "simplex"),
-    ({"sparse": 0.5, "shapley": 0.5}, "shapley"),
-])
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ({"sparse": 0.5, "uniform": 0.4}, "simplex"),
+        ({"sparse": 1.2, "uniform": -0.2}, "simplex"),
+        ({"sparse": float("nan"), "uniform": 1.0}, "simplex"),
+        ({}, "simplex"),
+        ({"sparse": 0.5, "shapley": 0.5}, "shapley"),
+    ],
+)
 def test_weights_off_the_simplex_are_rejected(weights, message):
     with pytest.raises(ValueError, match=message):
         shaping.check_weights(weights)
@@ -157,6 +165,7 @@ def test_rcfd_reward_fn_scores_against_each_prompts_demonstration_once():
     def reward_fn(prompts, responses):
         calls.append(len(prompts))
         return torch.tensor([float(len(r.split())) for r in responses])
+
     demonstrations = {"a": " one two three", "b": " one"}
     rcfd_fn = shaping.rcfd_reward_fn(reward_fn, demonstrations)
     assert rcfd_fn(["a", "b", "a"], [" x", " x y", " x y z"]).tolist() == [-4.0, -1.0, 0.0]

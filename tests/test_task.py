@@ -1,4 +1,5 @@
 """The embedded task: tokenizer, ground truth, reward model, SFT policy, cache and loaders."""
+
 import os
 import random
 
@@ -28,7 +29,13 @@ def test_true_token_credit_by_hand():
     # a negation in the prompt reaches the response; an adverb lets it pass
     assert task.true_token_credit("the plot was not", ["very", "dull", "."]).tolist() == [0, 1, 0]
     # any other word cancels a pending negation
-    assert task.true_token_credit("the film", ["was", "not", "the", "good", "[EOS]"]).tolist() == [0, 0, 0, 1, 0]
+    assert task.true_token_credit("the film", ["was", "not", "the", "good", "[EOS]"]).tolist() == [
+        0,
+        0,
+        0,
+        1,
+        0,
+    ]
 
 
 def test_masked_words_carry_no_sentiment():
@@ -64,8 +71,12 @@ def test_reward_model_accuracy_including_negation(embedded_task):
     reviews = held_out_reviews()
     labels = torch.tensor([task.token_scores(words).sum() > 0 for words in reviews])
     negated = torch.tensor(["not" in words for words in reviews])
-    scores = task.score(embedded_task.reward_model, embedded_task.reward_tokenizer,
-                        [""] * len(reviews), [" ".join(words) for words in reviews])
+    scores = task.score(
+        embedded_task.reward_model,
+        embedded_task.reward_tokenizer,
+        [""] * len(reviews),
+        [" ".join(words) for words in reviews],
+    )
     correct = ((scores > 0) == labels).float()
     assert correct.mean() >= 0.98
     assert negated.sum() > 300 and correct[negated].mean() >= 0.98
@@ -84,11 +95,16 @@ def test_sft_policy_writes_well_formed_reviews(embedded_task):
     tokenizer = embedded_task.policy_tokenizer
     enc = tokenizer(embedded_task.val_prompts[:128], return_tensors="pt", padding=True)
     torch.manual_seed(0)
-    out = embedded_task.policy.generate(**enc, do_sample=True, max_new_tokens=30, top_k=0,
-                                        pad_token_id=tokenizer.pad_token_id,
-                                        eos_token_id=tokenizer.eos_token_id)
+    out = embedded_task.policy.generate(
+        **enc,
+        do_sample=True,
+        max_new_tokens=30,
+        top_k=0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     well_formed = 0
-    for row in out[:, enc["input_ids"].shape[1]:].tolist():
+    for row in out[:, enc["input_ids"].shape[1] :].tolist():
         if tokenizer.eos_token_id in row:
             end = row.index(tokenizer.eos_token_id)
             well_formed += end > 0 and row[end - 1] == tokenizer.convert_tokens_to_ids(".")
@@ -99,8 +115,11 @@ def test_same_seed_same_weights_and_cache_reload(tmp_path, monkeypatch):
     first = task.build_task(task.TaskConfig(cache_dir=str(tmp_path / "a"), **SMALL))
     # The caller's thread count must not reach the training: float sums change with it.
     seen_threads, train_policy = [], task.train_policy
-    monkeypatch.setattr(task, "train_policy", lambda *args: seen_threads.append(torch.get_num_threads())
-                        or train_policy(*args))
+    monkeypatch.setattr(
+        task,
+        "train_policy",
+        lambda *args: seen_threads.append(torch.get_num_threads()) or train_policy(*args),
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -122,15 +141,23 @@ def test_save_pretrained_round_trip_through_the_real_loader(tmp_path, embedded_t
     embedded_task.policy_tokenizer.save_pretrained(tmp_path / "policy")
     embedded_task.reward_model.save_pretrained(tmp_path / "rm")
     embedded_task.reward_tokenizer.save_pretrained(tmp_path / "rm")
-    loaded = task.build_task(task.TaskConfig(policy=str(tmp_path / "policy"), reward_model=str(tmp_path / "rm"),
-                                             cache_dir=str(tmp_path / "unused"), **SMALL))
+    loaded = task.build_task(
+        task.TaskConfig(
+            policy=str(tmp_path / "policy"),
+            reward_model=str(tmp_path / "rm"),
+            cache_dir=str(tmp_path / "unused"),
+            **SMALL,
+        )
+    )
     assert not loaded.embedded and loaded.policy_tokenizer.padding_side == "left"
     assert loaded.reward_model.config._attn_implementation == "eager"
     ids = torch.tensor([[2, 10, 20, 30]])
     assert torch.equal(loaded.policy(ids).logits, embedded_task.policy(ids).logits)
     text = ["the acting was not dull ."]
-    assert torch.equal(task.score(loaded.reward_model, loaded.reward_tokenizer, text, [""]),
-                       task.score(embedded_task.reward_model, embedded_task.reward_tokenizer, text, [""]))
+    assert torch.equal(
+        task.score(loaded.reward_model, loaded.reward_tokenizer, text, [""]),
+        task.score(embedded_task.reward_model, embedded_task.reward_tokenizer, text, [""]),
+    )
 
 
 def test_unloadable_model_and_bad_prompts_files_are_clear_errors(tmp_path):
