@@ -1,128 +1,241 @@
-"""What a run leaves behind: curves.csv, summary.md, curves.png and tokens.html.
+"""What a run leaves behind: curves.csv, summary.md, curves.png, frontier.png and tokens.html.
 
-Plain presentation of plain data (each arm's learning curve, the credit each method gives
-each token); it imports no stage, so run.py stays the algorithm.
+RLHF methods are compared on the reward-KL frontier (Ziegler et al. 2019; Gao et al. 2022): a
+policy can raise the reward model's score by drifting from its reference, so every figure
+here sits beside the held-out KL it was bought with. The record `Arm` carries one PPO run's
+learning curve from run.py to this file; the report groups arms by their `kind` and `group`
+fields, never by parsing names. It imports no stage, so run.py stays the algorithm.
 """
 
 import csv
 import html
+import math
 import os
+from dataclasses import asdict, dataclass, field
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
 
 SHOWN = ("truth", "sparse", "uniform", "abc", "shap", "lime", "bo-best")  # rows of tokens.html
+KINDS = ("baseline", "trial", "confirm")
 
 
-def first_reach(curve: list[dict], target: float) -> int | str:
-    """The first evaluated iteration whose held-out reward is >= target, or "never"."""
-    return next((point["iteration"] for point in curve if point["reward"] >= target), "never")
+@dataclass
+class Arm:
+    """One PPO run from the SFT reference and its learning curve."""
+
+    name: str
+    """unique within a run: the file name of arms/<name>.json"""
+    kind: str
+    """"baseline", "trial" (a BO trial) or "confirm" (best weights or sparse again, at a fresh seed)"""
+    group: str
+    """what the arm is an instance of: the baseline's name, "trial", "bo-best" or "sparse" """
+    weights: dict[str, float]
+    """credit weights w_k on the simplex"""
+    seed: int
+    """seed of sampling and PPO"""
+    kl_coef: float
+    """the yardstick of the regularised objective J: reward - kl_coef * KL (the run's --kl-coef)"""
+    curve: list[dict] = field(default_factory=list)
+    """evaluations: {"iteration", "reward", "kl", "kl_k3", "train_kl"}, reward and KL held out"""
+    seconds: float = 0.0
+    """wall time of training and evaluation"""
+
+    @property
+    def auc(self) -> float:
+        """Mean held-out reward over the evaluations after the start (area under the curve)."""
+        return float(np.mean([point["reward"] for point in self.curve[1:]]))
+
+    @property
+    def objective(self) -> float:
+        """J = mean over the evaluations after the start of (reward - kl_coef * KL), KL held out.
+
+        The KL-regularised reward is what PPO itself maximises, so drifting from the reference
+        alone cannot raise J; averaging over the curve keeps "good, and fast" in it.
+        """
+        return float(np.mean([p["reward"] - self.kl_coef * p["kl"] for p in self.curve[1:]]))
+
+    @property
+    def final(self) -> float:
+        """Held-out reward, mean of the last two evaluations."""
+        return float(np.mean([point["reward"] for point in self.curve[-2:]]))
+
+    @property
+    def final_kl(self) -> float:
+        """Held-out sequence KL to the reference, mean of the last two evaluations."""
+        return float(np.mean([point["kl"] for point in self.curve[-2:]]))
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, payload: dict) -> "Arm":
+        return cls(**payload)
 
 
-def is_sparse(arm: dict) -> bool:
-    return arm["arm"] == "sparse" or arm["arm"].startswith("sparse-seed")
+def reward_at_kl(curve: list[dict], kl: float) -> float | None:
+    """Held-out reward where the trajectory first reaches `kl`, linear between evaluations.
+
+    None when the trajectory never reaches that KL: the arm is not extrapolated.
+    """
+    for before, after in zip(curve, curve[1:]):
+        if before["kl"] <= kl <= after["kl"]:
+            span = after["kl"] - before["kl"]
+            share = 0.0 if span == 0 else (kl - before["kl"]) / span
+            return before["reward"] + share * (after["reward"] - before["reward"])
+    return curve[0]["reward"] if curve and curve[0]["kl"] == kl else None
 
 
-def reach_iterations(arms: dict) -> dict:
-    """Per arm: iterations until it first reaches the final reward of sparse at the same seed
-    ("never" if it does not; None where no sparse run shares its seed, e.g. BO trials)."""
-    sparse_final = {arm["seed"]: arm["final"] for arm in arms.values() if is_sparse(arm)}
+def matched_kl_rewards(arms: dict[str, Arm]) -> dict[str, float | None]:
+    """Per arm: its held-out reward at the final held-out KL of sparse at the same seed.
+
+    Sparse arms are the baseline "sparse" and the confirmation group "sparse"; an arm with no
+    sparse run at its seed (a BO trial) or that never reaches that KL gets None.
+    """
+    sparse_kl = {arm.seed: arm.final_kl for arm in arms.values() if arm.group == "sparse"}
     return {
-        name: first_reach(arm["curve"], sparse_final[arm["seed"]]) if arm["seed"] in sparse_final else None
+        name: reward_at_kl(arm.curve, sparse_kl[arm.seed]) if arm.seed in sparse_kl else None
         for name, arm in arms.items()
     }
 
 
-def iterations_needed(arm: dict, reached: int | str) -> int:
-    """Iterations an arm needed to reach the target; one that never did counts as its whole run."""
-    return arm["curve"][-1]["iteration"] if reached == "never" else reached
+def interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% Student-t interval over seeds (NaN half-width with n = 1)."""
+    if len(values) < 2:
+        return float(values[0]), math.nan
+    half_width = stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values))
+    return float(np.mean(values)), float(half_width)
 
 
-def confirmation(arms: dict, reach: dict) -> str:
-    """Best weights vs sparse over the confirmation seeds: iterations to sparse's final reward.
+def mean_interval(values: list[float]) -> str:
+    """ "mean ± half-width" of the 95% interval, or the single value with n = 1."""
+    mean, half_width = interval(values)
+    return f"{mean:+.2f} (n = 1)" if math.isnan(half_width) else f"{mean:+.2f} ± {half_width:.2f}"
 
-    An arm that never gets there counts as the full run (so the ratio is, if anything, kind
-    to it); the ratio is of the means over seeds.
-    """
-    groups = {"bo-best": [], "sparse": []}
-    for name, arm in arms.items():
-        for group in groups:
-            if name.startswith(group + "-seed"):
-                groups[group].append((arm, iterations_needed(arm, reach[name])))
-    if not groups["bo-best"] or not groups["sparse"]:
+
+def number(value: float | None, fmt: str = "+.2f", missing: str = "–") -> str:
+    return missing if value is None else format(value, fmt)
+
+
+def weights_text(weights: dict) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in weights.items() if v > 0.005)
+
+
+def confirmation(arms: dict[str, Arm], matched: dict) -> str:
+    """Best weights against sparse over the fresh seeds: mean ± 95% interval of each figure,
+    and of the paired difference (bo-best - sparse at the same seed)."""
+    confirm = [arm for arm in arms.values() if arm.kind == "confirm"]
+    pairs = {}
+    for arm in confirm:
+        pairs.setdefault(arm.seed, {})[arm.group] = arm
+    pairs = {seed: pair for seed, pair in pairs.items() if {"bo-best", "sparse"} <= set(pair)}
+    if not pairs:
         return ""
     lines = [
-        "| confirm (fresh seeds) | seeds | final reward | AUC | iterations to sparse's final |",
-        "|---|---|---|---|---|",
+        "| confirm (fresh seeds) | seeds | final reward | held-out KL | J = reward - kl_coef KL "
+        "| reward at sparse's KL |",
+        "|---|---|---|---|---|---|",
     ]
-    mean_iterations = {}
-    for group, runs in groups.items():
-        finals = np.array([arm["final"] for arm, _ in runs])
-        aucs = np.array([arm["auc"] for arm, _ in runs])
-        mean_iterations[group] = np.mean([n for _, n in runs])
+    for group in ("bo-best", "sparse"):
+        runs = [pair[group] for pair in pairs.values()]
+        at_kl = [matched[arm.name] for arm in runs if matched[arm.name] is not None]
         lines.append(
-            f"| {group} | {len(runs)} | {finals.mean():+.2f} ± {finals.std():.2f} | "
-            f"{aucs.mean():+.2f} | {mean_iterations[group]:.1f} |"
+            f"| {group} | {len(runs)} | {mean_interval([a.final for a in runs])} | "
+            f"{mean_interval([a.final_kl for a in runs])} | {mean_interval([a.objective for a in runs])} | "
+            f"{mean_interval(at_kl) if at_kl else 'never reached'} |"
         )
-    ratio = mean_iterations["bo-best"] / max(mean_iterations["sparse"], 1e-9)
-    return "\n".join(lines) + f"\n\nIterations ratio bo-best / sparse = {ratio:.2f} (target <= 0.6).\n"
+    j_gap = [pair["bo-best"].objective - pair["sparse"].objective for pair in pairs.values()]
+    kl_gap = [
+        matched[pair["bo-best"].name] - matched[pair["sparse"].name]
+        for pair in pairs.values()
+        if matched[pair["bo-best"].name] is not None and matched[pair["sparse"].name] is not None
+    ]
+    lines.append(f"\nbo-best - sparse, paired by seed: J {mean_interval(j_gap)}; reward at sparse's KL ")
+    lines[-1] += (
+        f"{mean_interval(kl_gap)}." if kl_gap else "not measured (bo-best never reached sparse's KL)."
+    )
+    return "\n".join(lines) + "\n"
 
 
-def summary_table(arms: dict, best_weights: dict, fidelity: dict) -> str:
-    reach = reach_iterations(arms)
-    weights = lambda w: ", ".join(f"{k} {v:.2f}" for k, v in w.items() if v > 0.005)  # noqa: E731
-    number = lambda x, fmt: "–" if x is None else format(x, fmt)  # noqa: E731
+def summary_table(arms: dict[str, Arm], best_weights: dict, fidelity: dict, smoke: bool = False) -> str:
+    matched = matched_kl_rewards(arms)
     lines = [
-        "| arm | weights | final reward | AUC | iterations to sparse's final | KL | credit fidelity "
+        "| arm | weights | final reward | held-out KL | J | AUC | reward at sparse's KL | credit fidelity "
         "| seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    sparse_seeds = {arm.seed for arm in arms.values() if arm.group == "sparse"}
     for name, arm in arms.items():
+        at_kl = number(matched[name], missing="never" if arm.seed in sparse_seeds else "–")
         lines.append(
-            f"| {name} | {weights(arm['weights'])} | {arm['final']:+.2f} | {arm['auc']:+.2f} | "
-            f"{number(reach[name], '')} | {arm['kl']:.2f} | {number(fidelity.get(name), '.2f')} | "
-            f"{arm['seconds']:.0f} |"
+            f"| {name} | {weights_text(arm.weights)} | {arm.final:+.2f} | {arm.final_kl:.2f} | "
+            f"{arm.objective:+.2f} | {arm.auc:+.2f} | {at_kl} | "
+            f"{number(fidelity.get(name), '.2f')} | {arm.seconds:.0f} |"
         )
+    kl_coef = next(iter(arms.values())).kl_coef
+    header = "## Results\n\n"
+    if smoke:
+        header += "**Smoke run (--quick): a few iterations to check the pipeline, not an experiment.**\n\n"
     return (
-        "## Results\n\nFinal reward: mean held-out RM score over the last two evaluations. AUC: mean "
-        "held-out reward over the evaluations after the start (the BO objective J). Credit fidelity: "
-        "correlation of r'_t with the ground-truth token credit on SFT responses.\n\n"
+        header + "Final reward and held-out KL: mean held-out RM score, and mean sequence KL of the held-out "
+        f"responses to the reference (k1), over the last two evaluations. J: mean of reward - {kl_coef} KL "
+        "over the evaluations after the start. AUC: mean held-out reward over the same evaluations. "
+        "Reward at sparse's KL: the arm's held-out reward, interpolated along its own trajectory, at the "
+        "KL that sparse ends with at the same seed (never: it never got there). Credit fidelity: "
+        "correlation of the arm's shaped reward r'_t with the ground-truth token credit on SFT responses."
+        "\n\n"
         + "\n".join(lines)
-        + f"\n\nBest BO weights: {weights(best_weights)}\n\n"
-        + confirmation(arms, reach)
+        + f"\n\nBest BO weights: {weights_text(best_weights)}\n\n"
+        + confirmation(arms, matched)
     )
 
 
-def write_curves(out: str, arms: dict) -> None:
+def write_curves(out: str, arms: dict[str, Arm]) -> None:
     with open(os.path.join(out, "curves.csv"), "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["arm", "seed", "iteration", "reward", "kl"])
+        writer.writerow(["arm", "kind", "group", "seed", "iteration", "reward", "kl", "kl_k3", "train_kl"])
         for name, arm in arms.items():
-            for point in arm["curve"]:
-                writer.writerow(
-                    [name, arm["seed"], point["iteration"], f"{point['reward']:.4f}", f"{point['kl']:.4f}"]
-                )
+            for p in arm.curve:
+                numbers = [f"{p[k]:.4f}" for k in ("reward", "kl", "kl_k3", "train_kl")]
+                writer.writerow([name, arm.kind, arm.group, arm.seed, p["iteration"], *numbers])
     figure, axis = plt.subplots(figsize=(8, 5))
-    labelled = set()
-    for name, arm in arms.items():
-        x = [p["iteration"] for p in arm["curve"]]
-        y = [p["reward"] for p in arm["curve"]]
-        if name.startswith("trial-"):
-            group, style = "BO trials", {"color": "grey", "alpha": 0.4, "linewidth": 1}
-        elif "-seed" in name:
-            group = name.split("-seed")[0] + " (confirm seeds)"
-            style = {"linestyle": "--", "alpha": 0.6, "color": "black" if is_sparse(arm) else "tab:red"}
-        else:
-            group, style = name, {"linewidth": 2}
-        axis.plot(x, y, label=None if group in labelled else group, **style)
-        labelled.add(group)
+    plot_arms(axis, arms, x="iteration")
     axis.set(xlabel="PPO iteration", ylabel="held-out reward (RM score)", title="Learning curves")
+    save(figure, axis, os.path.join(out, "curves.png"))
+    figure, axis = plt.subplots(figsize=(8, 5))
+    plot_arms(axis, arms, x="kl")
+    axis.set(xlabel="held-out KL to the reference", ylabel="held-out reward (RM score)")
+    axis.set_title("Reward-KL frontier: up and to the left is more KL-efficient")
+    save(figure, axis, os.path.join(out, "frontier.png"))
+
+
+def plot_arms(axis, arms: dict[str, Arm], x: str) -> None:
+    """One line per arm, one colour per group (seeds of a group share it), BO trials in grey."""
+    groups = sorted({arm.group for arm in arms.values() if arm.kind != "trial"})
+    colours = {group: plt.cm.tab10(i % 10) for i, group in enumerate(groups)}
+    labelled = set()
+    for arm in arms.values():
+        xs = [point[x] for point in arm.curve]
+        ys = [point["reward"] for point in arm.curve]
+        if arm.kind == "trial":
+            label, style = "BO trials", {"color": "grey", "alpha": 0.4, "linewidth": 1}
+        else:
+            label = arm.group + (" (confirm seeds)" if arm.kind == "confirm" else "")
+            style = {"color": colours[arm.group], "linewidth": 2 if arm.kind == "baseline" else 1}
+            style["linestyle"] = "--" if arm.kind == "confirm" else "-"
+        marker = "." if x == "kl" else None
+        axis.plot(xs, ys, marker=marker, label=None if label in labelled else label, **style)
+        labelled.add(label)
+
+
+def save(figure, axis, path: str) -> None:
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(os.path.join(out, "curves.png"), dpi=110)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
@@ -156,9 +269,9 @@ def write_tokens(out: str, credit: dict, n_examples: int = 8) -> None:
         file.write("\n".join(parts) + "</body></html>\n")
 
 
-def write_all(out: str, arms: dict, best_weights: dict, credit: dict) -> str:
+def write_all(out: str, arms: dict[str, Arm], best_weights: dict, credit: dict, smoke: bool = False) -> str:
     """Write every artifact; return the summary (also saved as summary.md)."""
-    summary = summary_table(arms, best_weights, credit["fidelity"])
+    summary = summary_table(arms, best_weights, credit["fidelity"], smoke)
     with open(os.path.join(out, "summary.md"), "w") as file:
         file.write(summary)
     write_curves(out, arms)

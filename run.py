@@ -1,26 +1,32 @@
 """python run.py: explainable dense reward shaping for RLHF, end to end (Koo et al. 2025).
 
-    outer:  w* = argmax_w  J(pi_w)                 bayes_opt.py  (GP + expected improvement)
+    outer:  w* = argmax_w  J(pi_w)                     bayes_opt.py  (GP + expected improvement)
     inner:  pi_w = PPO on  r'_t(w) = sum_k w_k c^k_t   ppo.py, shaping.py, reward_attribution.py
 
 Every arm is a full PPO run from the same SFT reference with the same budget:
-  baselines  sparse RLHF, uniform, ABC (attention, beta = 0.8, Chan et al. 2024), SHAP only,
-             LIME only, RCfD (sparse, R = -(f(x,y) - f(x,y_demo))^2, KL 0, Rita et al. 2024)
-  BO trials  weights over (sparse, attention, SHAP, LIME); J = mean held-out reward over the
-             evaluation points of training (area under the learning curve); the baselines
-             that are points of this simplex are told to the BO first, as free observations
-  confirm    the best weights and sparse again, at fresh seeds
+  1. baselines  sparse RLHF, uniform, ABC (attention, beta = 0.8, Chan et al. 2024), SHAP only,
+                LIME only, RCfD (sparse, R = -(f(x,y) - f(x,y_demo))^2, KL 0, Rita et al. 2024)
+  2. BO trials  weights over (sparse, attention, SHAP, LIME); J = mean over the held-out
+                evaluations of (reward - kl_coef * KL to the reference), the KL-regularised
+                reward PPO itself maximises, so drifting from the reference cannot raise J;
+                the baselines that are points of this simplex are told to the BO first
+  3. confirm    the best weights and sparse again, at fresh seeds
+  4. report     reward against KL (the frontier), at matched KL, with 95% intervals over seeds
 
 This is the only file that wires the stages together. Finished arms and trials are kept in
 the output folder, so an interrupted run picks up where it stopped.
 """
 
 import argparse
+import contextlib
 import copy
+import fcntl
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
@@ -33,6 +39,7 @@ import report
 import reward_attribution
 import shaping
 import task
+from report import Arm
 
 
 def option(default, description: str):
@@ -49,57 +56,81 @@ class Options:
     min_new_tokens: int = option(4, "shortest response (EOS blocked before)")
     max_new_tokens: int = option(16, "longest response")
     learning_rate: float = option(2e-4, "AdamW learning rate of the policy and its value head")
-    kl_coef: float = option(0.05, "per-token KL penalty coefficient (RCfD uses 0)")
+    kl_coef: float = option(
+        0.05, "per-token KL penalty coefficient, and the yardstick of J (RCfD trains at 0)"
+    )
+    target_kl: float | None = option(
+        None, "held KL budget: adapt kl_coef towards this sequence KL (all arms)"
+    )
+    kl_horizon: int = option(10000, "adaptive KL controller horizon, in responses (Ziegler et al. 2019)")
+    objective: str = option(
+        "regularised", "BO objective: 'regularised' (reward - kl_coef KL) or 'auc' (reward)"
+    )
     eval_every: int = option(2, "PPO iterations between two held-out evaluations")
     eval_prompts: int = option(64, "held-out prompts per evaluation")
     components: str = option("sparse,attention,shap,lime", "credit components whose weights BO searches")
     baselines: str = option("sparse,uniform,abc,shap,lime,rcfd", "baseline arms to run")
     confirm_seeds: int = option(3, "fresh seeds re-running the best weights and sparse")
     lime_samples: int = option(128, "LIME perturbations per response (fidelity flattens out by ~128)")
-    weights: str | None = option(None, "JSON file of extra fixed weights, run as the arm 'custom'")
+    weights: str | None = option(None, "JSON file of extra fixed weights, run as the baseline 'custom'")
     policy: str | None = option(None, "policy: hub name or local path (default: the embedded task)")
     reward_model: str | None = option(None, "reward model: hub name or local path (default: embedded)")
     prompts: str | None = option(None, "prompts file, one per line, `prompt<TAB>demonstration` optional")
     cache_dir: str = option(".cache/task", "where the embedded task's models are cached")
     device: str = option("auto", "auto, cpu or cuda")
-    threads: int = option(
-        min(2, os.cpu_count() or 1),
-        "CPU threads for torch (on 2 cores, 2 threads train an arm a quarter faster than 1)",
-    )
+    threads: int = option(1, "CPU threads for torch (tiny models: more threads wait on each other)")
     quick: bool = option(False, "smoke run in runs/quick: 4 iterations, 2 trials, batch 16, one confirm seed")
 
 
 BASELINES = {  # arm -> credit weights; RCfD also swaps the reward (see train_arm)
-    "sparse": {"sparse": 1.0},
-    "uniform": {"uniform": 1.0},
-    "abc": {"attention": 0.8, "sparse": 0.2},
-    "shap": {"shap": 1.0},
-    "lime": {"lime": 1.0},
-    "rcfd": {"sparse": 1.0},
-}
+    "sparse": {"sparse": 1.0}, "uniform": {"uniform": 1.0}, "abc": {"attention": 0.8, "sparse": 0.2},
+    "shap": {"shap": 1.0}, "lime": {"lime": 1.0}, "rcfd": {"sparse": 1.0},
+}  # fmt: skip
+SHARED_WITH_PPO = ("learning_rate", "min_new_tokens", "max_new_tokens", "kl_coef", "target_kl", "kl_horizon",
+                   "device")  # fmt: skip
 TRIAL_SEED_OFFSET = 100  # trial k trains with seed + 100 + k, apart from the confirmation seeds
 QUICK = dict(iterations=4, trials=2, batch_size=16, eval_every=2, eval_prompts=16, confirm_seeds=1)
+EXPERIMENT_OPTIONS = (  # options that change what a finished arm means
+    "iterations", "batch_size", "seed", "learning_rate", "kl_coef", "target_kl", "kl_horizon", "eval_every",
+    "eval_prompts", "lime_samples", "policy", "reward_model", "prompts", "max_new_tokens", "min_new_tokens",
+    "objective",
+)  # fmt: skip
 
 
 def parse_options(argv=None) -> Options:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    """Parse and check every option before any work: argparse's exit code 2 and one line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for f in fields(Options):
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool:
             parser.add_argument(flag, action="store_true", help=f.metadata["help"])
         else:
-            kind = {int: int, float: float}.get(f.type, str)
-            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
+            kind = int if f.type is int else float if "float" in str(f.type) else str
+            parser.add_argument(
+                flag, type=kind, default=f.default, help=f"{f.metadata['help']} ({f.default})"
+            )
     options = Options(**vars(parser.parse_args(argv)))
     if options.quick:  # its own folder by default, so that a full run afterwards does not clash
         options = replace(options, **QUICK, out="runs/quick" if options.out == Options.out else options.out)
+    at_least = dict(trials=0, iterations=1, batch_size=2, min_new_tokens=0, max_new_tokens=1, eval_every=1,
+                    eval_prompts=1, confirm_seeds=0, lime_samples=2, threads=1)  # fmt: skip
+    for name, low in at_least.items():
+        if getattr(options, name) < low:
+            parser.error(f"--{name.replace('_', '-')} {getattr(options, name)}: expected >= {low}")
+    checks = [
+        (options.eval_every <= options.iterations, f"--eval-every {options.eval_every} > --iterations"),
+        (options.min_new_tokens <= options.max_new_tokens, "--min-new-tokens > --max-new-tokens"),
+        (options.kl_coef >= 0, f"--kl-coef {options.kl_coef}: expected >= 0"),
+        (options.target_kl is None or options.target_kl > 0, f"--target-kl {options.target_kl} <= 0"),
+        (options.objective in ("regularised", "auc"), f"--objective {options.objective!r}: expected "
+         "'regularised' or 'auc'"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            parser.error(message)
     for name in options.components.split(","):
         if name not in shaping.COMPONENTS:
-            parser.error(
-                f"unknown credit component {name!r} in --components; expected some of {shaping.COMPONENTS}"
-            )
+            parser.error(f"unknown credit component {name!r} in --components; expected {shaping.COMPONENTS}")
     for name in options.baselines.split(","):
         if name and name not in BASELINES:
             parser.error(f"unknown baseline {name!r} in --baselines; expected some of {tuple(BASELINES)}")
@@ -114,38 +145,197 @@ def parse_options(argv=None) -> Options:
     return options
 
 
-def claim_output_folder(options) -> None:
-    """Write config.json, or exit if the folder holds finished arms trained with other options."""
-    config_path = os.path.join(options.out, "config.json")
-    if os.path.exists(config_path):
-        before = read_json(config_path)
-        changed = {
-            k: (before.get(k), v)
-            for k, v in asdict(options).items()
-            if k
-            in (
-                "iterations",
-                "batch_size",
-                "seed",
-                "learning_rate",
-                "kl_coef",
-                "eval_every",
-                "eval_prompts",
-                "lime_samples",
-                "policy",
-                "reward_model",
-                "prompts",
-                "max_new_tokens",
-                "min_new_tokens",
-            )
-            and before.get(k) != v
+# ---------------------------------------------------------------------------------------
+# What every arm shares
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Setup:
+    """The task, the reward function and the fixed stage configurations, shared by every arm."""
+
+    task: task.Task
+    """policy and RM with their tokenizers, prompts, demonstrations"""
+    reward_fn: Callable[[list[str], list[str]], torch.Tensor]
+    """(prompts, responses) -> RM scores f(x, y) (N,)"""
+    demo_scores: torch.Tensor | None
+    """f(x, y_demo) per training prompt, for RCfD; None when a prompt has no demonstration"""
+    attribution: reward_attribution.AttributionConfig
+    """how SHAP, LIME and attention explain the RM"""
+    ppo_config: ppo.PPOConfig
+    """PPO settings shared by every arm (each arm sets its own seed)"""
+
+    @property
+    def tokenizer(self):
+        return self.task.policy_tokenizer
+
+
+def build_setup(options: Options) -> Setup:
+    where = {name: getattr(options, name) for name in ("cache_dir", "policy", "reward_model", "prompts")}
+    the_task = task.build_task(task.TaskConfig(**where))
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    the_task.reward_model.to(auto if options.device == "auto" else options.device)
+
+    def reward_fn(prompts, responses):
+        return task.score(the_task.reward_model, the_task.reward_tokenizer, prompts, responses)
+
+    demos = [the_task.demonstrations.get(p) for p in the_task.train_prompts]
+    reward_tokenizer = the_task.reward_tokenizer
+    mask_string = reward_tokenizer.unk_token if the_task.embedded else reward_tokenizer.mask_token
+    return Setup(
+        task=the_task,
+        reward_fn=reward_fn,
+        demo_scores=reward_fn(the_task.train_prompts, demos) if None not in demos else None,
+        attribution=reward_attribution.AttributionConfig(
+            mask_string=mask_string or reward_tokenizer.unk_token,
+            lime_samples=options.lime_samples,
+            seed=options.seed,
+        ),
+        ppo_config=ppo.PPOConfig(**{name: getattr(options, name) for name in SHARED_WITH_PPO}),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The reward: score -> explanations -> per-token shaped reward
+# ---------------------------------------------------------------------------------------
+def reward_components(setup: Setup, prompt_ids, response_ids, response_mask, methods, demo_scores=None):
+    """Credit components c^k (each (B, T), summing to R) for the explanations in `methods`, and f(x, y) (B,).
+
+    R is the RM score, or the RCfD score -(f(x, y) - f(x, y_demo))^2 when `demo_scores` are given.
+    """
+    prompts, pieces = reward_attribution.response_texts(
+        setup.tokenizer, prompt_ids, response_ids, response_mask
+    )
+    scores = setup.reward_fn(prompts, ["".join(p) for p in pieces])  # (B,)
+    sequence_reward = scores if demo_scores is None else shaping.rcfd_scores(scores, demo_scores)
+    attributions = {}
+    for method in methods:
+        attributions[method], _ = reward_attribution.attribute(
+            method, setup.tokenizer, prompt_ids, response_ids, response_mask, setup.reward_fn,
+            setup.attribution, setup.task.reward_model, setup.task.reward_tokenizer,
+        )  # fmt: skip
+    return shaping.credit_components(sequence_reward, response_mask, attributions), scores
+
+
+@torch.no_grad()
+def evaluate(trainer: ppo.PPOTrainer, setup: Setup, options: Options) -> dict[str, float]:
+    """Held-out reward and KL on the first `eval_prompts` held-out prompts.
+
+    reward: mean RM score of sampled responses. KL: mean sequence KL of the same responses to
+    the reference, estimated under the sampling distribution (Schulman 2020):
+        k1 = sum_t log(pi / pi_ref),    k3 = sum_t (rho - 1) - log(rho),  rho = pi_ref / pi.
+    """
+    prompts = setup.task.val_prompts[: options.eval_prompts]
+    enc = setup.tokenizer(prompts, return_tensors="pt", padding=True)
+    response_ids, response_mask = trainer.generate(enc["input_ids"], enc["attention_mask"])
+    _, pieces = reward_attribution.response_texts(
+        setup.tokenizer, enc["input_ids"], response_ids, response_mask
+    )
+    reward = setup.reward_fn(prompts, ["".join(p) for p in pieces]).mean().item()
+    batch = [
+        t.to(trainer.device) for t in (enc["input_ids"], enc["attention_mask"], response_ids, response_mask)
+    ]
+    logprobs, _, _ = ppo.response_logprobs(trainer.policy, *batch, trainer.config.temperature)  # (B, T)
+    ref_logprobs, _, _ = ppo.response_logprobs(trainer.ref_policy, *batch, trainer.config.temperature)
+    log_ratio = (logprobs - ref_logprobs) * batch[3]  # (B, T), zero outside the response
+    k3 = ((-log_ratio).exp() - 1 + log_ratio) * batch[3]  # (B, T)
+    return {"reward": reward, "kl": log_ratio.sum(1).mean().item(), "kl_k3": k3.sum(1).mean().item()}
+
+
+# ---------------------------------------------------------------------------------------
+# The inner loop: one PPO run from the SFT reference
+# ---------------------------------------------------------------------------------------
+def train_arm(arm: Arm, setup: Setup, options: Options, rcfd: bool = False) -> Arm:
+    """Train a fresh policy on the shaped reward r'(w); fill in (and keep) the arm's curve."""
+    config = replace(setup.ppo_config, seed=arm.seed)
+    if rcfd:  # RCfD trains with no KL term (Rita et al. 2024)
+        config = replace(config, kl_coef=0.0, target_kl=None)
+    trainer = ppo.PPOTrainer(
+        copy.deepcopy(setup.task.policy), config, setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id,
+        ref_policy=setup.task.policy,
+    )  # fmt: skip
+    rng = np.random.default_rng(arm.seed)
+    methods = [m for m in shaping.ATTRIBUTIONS if arm.weights.get(m, 0) > 0]  # explanations cost RM rows
+    train_kl, start = 0.0, time.time()
+    for iteration in tqdm(range(options.iterations + 1), desc=arm.name, leave=False, disable=None):
+        if iteration % options.eval_every == 0 or iteration == options.iterations:
+            point = {"iteration": iteration, **evaluate(trainer, setup, options), "train_kl": train_kl}
+            if not all(math.isfinite(v) for v in point.values()):
+                raise RuntimeError(
+                    f"arm {arm.name}: a non-finite evaluation at iteration {iteration}: {point}"
+                )
+            arm.curve.append(point)
+        if iteration == options.iterations:
+            break
+        rows = rng.choice(len(setup.task.train_prompts), options.batch_size, replace=False)
+        enc = setup.tokenizer([setup.task.train_prompts[i] for i in rows], return_tensors="pt", padding=True)
+        rollout = trainer.rollout(enc["input_ids"], enc["attention_mask"])
+        demo_scores = setup.demo_scores[rows] if rcfd else None
+        response_ids, response_mask = rollout.response_ids.cpu(), rollout.response_mask.cpu()
+        components, scores = reward_components(
+            setup, enc["input_ids"], response_ids, response_mask, methods, demo_scores
+        )
+        train_kl = trainer.update(rollout, shaping.shape(components, arm.weights), scores)["kl"]
+    arm.seconds = time.time() - start
+    write_json(arm_path(options, arm.name), arm.to_json())
+    return arm
+
+
+def finished_or_trained(arm: Arm, setup: Setup, options: Options, rcfd: bool = False) -> Arm:
+    """The arm's file from an earlier, interrupted run if it holds these weights and seed; else train it."""
+    path = arm_path(options, arm.name)
+    if os.path.exists(path):
+        finished = Arm.from_json(read_json(path))
+        if finished.weights == arm.weights and finished.seed == arm.seed:
+            return finished
+    return train_arm(arm, setup, options, rcfd)
+
+
+def credit_examples(setup: Setup, options: Options, arm_weights: dict) -> dict:
+    """The credit each arm's weights give the tokens of SFT responses to held-out prompts.
+
+    Fidelity = Pearson correlation of r'_t with the ground-truth credit over all real tokens
+    (embedded task only; None elsewhere).
+    """
+    prompts = setup.task.val_prompts[: options.eval_prompts]
+    enc = setup.tokenizer(prompts, return_tensors="pt", padding=True)
+    device = next(setup.task.policy.parameters()).device  # on a GPU once a PPO run used it as its reference
+    generator = torch.Generator(device).manual_seed(options.seed)
+    response_ids, response_mask = ppo.sample(
+        setup.task.policy, enc["input_ids"].to(device), enc["attention_mask"].to(device), setup.ppo_config,
+        setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id, generator=generator,
+    )  # fmt: skip
+    response_ids, response_mask = response_ids.cpu(), response_mask.cpu()
+    components, _ = reward_components(
+        setup, enc["input_ids"], response_ids, response_mask, shaping.ATTRIBUTIONS
+    )
+    credit = {
+        name: shaping.shape(components, weights) for name, weights in arm_weights.items()
+    }  # (B, T) each
+    lengths = response_mask.sum(1).tolist()
+    tokens = [setup.tokenizer.convert_ids_to_tokens(row[: int(n)]) for row, n in zip(response_ids, lengths)]
+    real = response_mask.bool()
+    truth, fidelity = None, {name: None for name in credit}
+    if setup.task.embedded:
+        truth = torch.zeros_like(response_mask, dtype=torch.float32)
+        for i, (prompt, words) in enumerate(zip(prompts, tokens)):
+            truth[i, : len(words)] = torch.tensor(task.true_token_credit(prompt, words))
+        fidelity = {
+            name: float(np.corrcoef(values[real], truth[real])[0, 1]) for name, values in credit.items()
         }
-        if changed:
-            sys.exit(
-                f"run.py: error: {options.out!r} holds a run with other options {changed} "
-                "(old, new); pick another --out"
-            )
-    write_json(config_path, asdict(options))
+    credit = {name: values.tolist() for name, values in credit.items()}
+    truth = None if truth is None else truth.tolist()
+    return {"prompts": prompts, "tokens": tokens, "fidelity": fidelity, "credit": credit, "truth": truth}
+
+
+# ---------------------------------------------------------------------------------------
+# The output folder
+# ---------------------------------------------------------------------------------------
+def arm_path(options: Options, name: str) -> str:
+    return os.path.join(options.out, "arms", f"{name}.json")
+
+
+def read_json(path: str):
+    with open(path) as file:
+        return json.load(file)
 
 
 def write_json(path: str, payload) -> None:
@@ -156,202 +346,45 @@ def write_json(path: str, payload) -> None:
     os.replace(path + ".tmp", path)
 
 
-# ---------------------------------------------------------------------------------------
-# The reward: score -> explanations -> per-token shaped reward
-# ---------------------------------------------------------------------------------------
-def reward_components(setup, prompt_ids, response_ids, response_mask, methods, demo_scores=None):
-    """Credit components c^k (each (B, T), summing to R) for the explanations in `methods`, and f(x, y) (B,).
-
-    R is the RM score, or the RCfD score -(f(x, y) - f(x, y_demo))^2 when `demo_scores` are given.
-    """
-    prompts, pieces = reward_attribution.response_texts(
-        setup.tokenizer, prompt_ids, response_ids, response_mask
-    )
-    scores = setup.reward_fn(prompts, ["".join(p) for p in pieces])  # (B,)
-    sequence_reward = scores if demo_scores is None else shaping.rcfd_scores(scores, demo_scores)
-    attributions = {
-        method: reward_attribution.attribute(
-            method,
-            setup.tokenizer,
-            prompt_ids,
-            response_ids,
-            response_mask,
-            setup.reward_fn,
-            setup.attribution,
-            setup.task.reward_model,
-            setup.task.reward_tokenizer,
-        )[0]
-        for method in methods
-    }
-    return shaping.credit_components(sequence_reward, response_mask, attributions), scores
+def claim_output_folder(options: Options) -> None:
+    """Write config.json, or exit if the folder holds finished arms trained with other options."""
+    config_path = os.path.join(options.out, "config.json")
+    arms_folder = os.path.join(options.out, "arms")
+    has_arms = os.path.isdir(arms_folder) and any(n.endswith(".json") for n in os.listdir(arms_folder))
+    if os.path.exists(config_path) and has_arms:
+        before = read_json(config_path)
+        now = asdict(options)
+        changed = {k: (before.get(k), now[k]) for k in EXPERIMENT_OPTIONS if before.get(k) != now[k]}
+        if changed:
+            fail(f"{options.out!r} holds a run with other options {changed} (old, new); pick another --out")
+    if has_arms:
+        print(f"resuming: {len(os.listdir(arms_folder))} finished arms found in {options.out}")
+    write_json(config_path, asdict(options))
 
 
-def evaluate(trainer, setup, options) -> float:
-    """Mean RM score of sampled responses to the first `eval_prompts` held-out prompts."""
-    prompts = setup.task.val_prompts[: options.eval_prompts]
-    enc = setup.tokenizer(prompts, return_tensors="pt", padding=True)
-    response_ids, response_mask = trainer.generate(enc["input_ids"], enc["attention_mask"])
-    _, pieces = reward_attribution.response_texts(
-        setup.tokenizer, enc["input_ids"], response_ids, response_mask
-    )
-    return setup.reward_fn(prompts, ["".join(p) for p in pieces]).mean().item()
+def fail(message: str):
+    """A user's mistake: one line and argparse's exit code, no traceback."""
+    print(f"run.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
-# ---------------------------------------------------------------------------------------
-# The inner loop: one PPO run from the SFT reference
-# ---------------------------------------------------------------------------------------
-def arm_path(options, name: str) -> str:
-    return os.path.join(options.out, "arms", f"{name}.json")
+@contextlib.contextmanager
+def locked(folder: str):
+    """One run per folder: an exclusive lock, dropped by the OS when the run ends, crashed or not."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fail(f"{folder!r} is in use by another run.py; wait for it or pick another --out")
+        yield
 
 
-def read_json(path: str):
-    with open(path) as file:
-        return json.load(file)
-
-
-def train_arm(name: str, weights: dict, seed: int, setup, options, rcfd: bool = False) -> dict:
-    """Train a fresh policy with the shaped reward; return (and keep) its learning curve."""
-    path = arm_path(options, name)
-    if os.path.exists(path):
-        finished = read_json(path)
-        if finished["weights"] == weights and finished["seed"] == seed:
-            return finished
-    config = replace(setup.ppo_config, seed=seed, kl_coef=0.0 if rcfd else options.kl_coef)
-    trainer = ppo.PPOTrainer(
-        copy.deepcopy(setup.task.policy),
-        config,
-        setup.tokenizer.pad_token_id,
-        setup.tokenizer.eos_token_id,
-        ref_policy=setup.task.policy,
-    )
-    rng = np.random.default_rng(seed)
-    curve, stats, start = [], {"kl": 0.0}, time.time()
-    for iteration in tqdm(range(options.iterations + 1), desc=name, leave=False):
-        if iteration % options.eval_every == 0 or iteration == options.iterations:
-            curve.append(
-                {"iteration": iteration, "reward": evaluate(trainer, setup, options), "kl": stats["kl"]}
-            )
-        if iteration == options.iterations:
-            break
-        rows = rng.choice(len(setup.task.train_prompts), options.batch_size, replace=False)
-        enc = setup.tokenizer([setup.task.train_prompts[i] for i in rows], return_tensors="pt", padding=True)
-        rollout = trainer.rollout(enc["input_ids"], enc["attention_mask"])
-        components, scores = reward_components(  # only the explanations with a weight: they cost RM rows
-            setup,
-            enc["input_ids"],
-            rollout.response_ids.cpu(),
-            rollout.response_mask.cpu(),
-            [m for m in shaping.ATTRIBUTIONS if weights.get(m, 0) > 0],
-            setup.demo_scores[rows] if rcfd else None,
-        )
-        stats = trainer.update(rollout, shaping.shape(components, weights), scores)
-    rewards = [point["reward"] for point in curve]
-    result = {
-        "arm": name,
-        "weights": weights,
-        "seed": seed,
-        "curve": curve,
-        "auc": float(np.mean(rewards[1:])),
-        "final": float(np.mean(rewards[-2:])),
-        "kl": stats["kl"],
-        "seconds": time.time() - start,
-    }
-    write_json(path, result)
-    return result
-
-
-def credit_examples(setup, options, arm_weights: dict) -> dict:
-    """The credit each arm's weights give the tokens of SFT responses to held-out prompts.
-
-    Fidelity = Pearson correlation of r'_t with the ground-truth credit over all real tokens
-    (embedded task only; None elsewhere).
-    """
-    enc = setup.tokenizer(setup.task.val_prompts[: options.eval_prompts], return_tensors="pt", padding=True)
-    device = next(setup.task.policy.parameters()).device  # on a GPU once a PPO run used it as its reference
-    response_ids, response_mask = (
-        tensor.cpu()
-        for tensor in ppo.sample(
-            setup.task.policy,
-            enc["input_ids"].to(device),
-            enc["attention_mask"].to(device),
-            setup.ppo_config,
-            setup.tokenizer.pad_token_id,
-            setup.tokenizer.eos_token_id,
-            generator=torch.Generator(device).manual_seed(options.seed),
-        )
-    )
-    components, _ = reward_components(
-        setup, enc["input_ids"], response_ids, response_mask, shaping.ATTRIBUTIONS
-    )
-    credit = {
-        name: shaping.shape(components, weights) for name, weights in arm_weights.items()
-    }  # (B, T) each
-    tokens = [
-        setup.tokenizer.convert_ids_to_tokens(row[: int(n)])
-        for row, n in zip(response_ids, response_mask.sum(1))
-    ]
-    real = response_mask.bool()
-    truth, fidelity = None, {name: None for name in credit}
-    if setup.task.embedded:
-        prompts = setup.task.val_prompts[: options.eval_prompts]
-        truth = torch.zeros_like(response_mask, dtype=torch.float32)
-        for i, (prompt, words) in enumerate(zip(prompts, tokens)):
-            truth[i, : len(words)] = torch.tensor(task.true_token_credit(prompt, words))
-        fidelity = {
-            name: float(np.corrcoef(values[real], truth[real])[0, 1]) for name, values in credit.items()
-        }
-    return {
-        "prompts": setup.task.val_prompts[: options.eval_prompts],
-        "tokens": tokens,
-        "fidelity": fidelity,
-        "credit": {name: values.tolist() for name, values in credit.items()},
-        "truth": None if truth is None else truth.tolist(),
-    }
-
-
-def build_setup(options):
-    """The task, the reward function and the fixed stage configurations, shared by every arm."""
-    the_task = task.build_task(
-        task.TaskConfig(
-            cache_dir=options.cache_dir,
-            policy=options.policy,
-            reward_model=options.reward_model,
-            prompts=options.prompts,
-        )
-    )
-    device = (
-        "cuda"
-        if options.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if options.device == "auto" else options.device)
-    )
-    the_task.reward_model.to(device)
-
-    def reward_fn(prompts, responses):
-        return task.score(the_task.reward_model, the_task.reward_tokenizer, prompts, responses)
-
-    demos = [the_task.demonstrations.get(p) for p in the_task.train_prompts]
-    demo_scores = reward_fn(the_task.train_prompts, demos) if None not in demos else None
-    mask_string = (
-        the_task.reward_tokenizer.unk_token
-        if the_task.embedded
-        else (the_task.reward_tokenizer.mask_token or the_task.reward_tokenizer.unk_token)
-    )
-    return argparse.Namespace(
-        task=the_task,
-        tokenizer=the_task.policy_tokenizer,
-        reward_fn=reward_fn,
-        demo_scores=demo_scores,
-        attribution=reward_attribution.AttributionConfig(
-            mask_string=mask_string, lime_samples=options.lime_samples, seed=options.seed
-        ),
-        ppo_config=ppo.PPOConfig(
-            batch_size=options.batch_size,
-            learning_rate=options.learning_rate,
-            min_new_tokens=options.min_new_tokens,
-            max_new_tokens=options.max_new_tokens,
-            device=options.device,
-        ),
-    )
+def tell(optimizer: bayes_opt.BayesOpt, components: list[str], arm: Arm, options: Options) -> None:
+    """Tell the BO J(w) of one finished arm (--objective); the trial log records both objectives."""
+    value = arm.objective if options.objective == "regularised" else arm.auc
+    info = dict(arm=arm.name, regularised=arm.objective, auc=arm.auc, final=arm.final, kl=arm.final_kl)
+    optimizer.tell({c: arm.weights.get(c, 0.0) for c in components}, value, info=info)
 
 
 # ---------------------------------------------------------------------------------------
@@ -361,8 +394,21 @@ def main(argv=None) -> dict:
     options = parse_options(argv)
     torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
-    claim_output_folder(options)
-    setup = build_setup(options)
+    print(f"building the task (embedded: about a minute the first time, cached in {options.cache_dir})")
+    try:
+        setup = build_setup(options)
+    except ValueError as error:  # a model or prompts file that cannot be loaded: one line, no traceback
+        fail(str(error))
+    if options.batch_size > len(setup.task.train_prompts):
+        fail(f"--batch-size {options.batch_size}: only {len(setup.task.train_prompts)} training prompts")
+    with locked(options.out):
+        claim_output_folder(options)  # only once the models and prompts have loaded
+        return experiment(setup, options)
+
+
+def experiment(setup: Setup, options: Options) -> dict:
+    """Baselines, the BO loop, confirmation and report, over the arms the folder does not hold yet."""
+    new_arm = dict(kl_coef=options.kl_coef)
 
     # 1. Baselines: each a full PPO run from the SFT reference with the same budget.
     arms = {}
@@ -372,55 +418,50 @@ def main(argv=None) -> dict:
         del baselines["rcfd"]
     if options.weights is not None:
         baselines["custom"] = read_json(options.weights)
-    for name, weights in tqdm(baselines.items(), desc="baselines"):
-        arms[name] = train_arm(name, weights, options.seed, setup, options, rcfd=name == "rcfd")
+    for name, weights in tqdm(baselines.items(), desc="baselines", disable=None):
+        arm = Arm(name, "baseline", name, weights, options.seed, **new_arm)
+        arms[name] = finished_or_trained(arm, setup, options, rcfd=name == "rcfd")
 
     # 2. Bayesian optimisation of the weights: ask -> train a fresh policy -> tell J(w).
-    #    Baselines that are points of the same simplex (sparse, ABC, SHAP, LIME) were trained
-    #    with the same seed and budget: they are told first, as free observations of J.
+    #    The baselines that are points of the same simplex were trained with the same seed and
+    #    budget: they are told first, as free observations of J.
     components = options.components.split(",")
     optimizer = bayes_opt.BayesOpt(
         components, log_path=os.path.join(options.out, "trials.jsonl"), seed=options.seed
     )
-    told = {trial["info"].get("arm") for trial in optimizer.trials}
-    for name, weights in baselines.items():
-        if name != "rcfd" and name not in told and set(weights) <= set(components):
-            optimizer.tell(
-                {c: weights.get(c, 0.0) for c in components},
-                arms[name]["auc"],
-                info={"arm": name, "final": arms[name]["final"], "kl": arms[name]["kl"]},
-            )
-    n_seeded = sum(trial["info"].get("arm") in baselines for trial in optimizer.trials)
-    with tqdm(total=options.trials, initial=len(optimizer.trials) - n_seeded, desc="BO trials") as bar:
-        while len(optimizer.trials) < n_seeded + options.trials:
-            weights, trial = optimizer.ask(), len(optimizer.trials) - n_seeded
-            # A seed of its own per trial: J(w) is noisy over seeds, which is what the GP
-            # models; asking a point again then measures it again instead of replaying it.
-            arm = train_arm(
-                f"trial-{trial}", weights, options.seed + TRIAL_SEED_OFFSET + trial, setup, options
-            )
-            optimizer.tell(
-                weights, arm["auc"], info={"arm": arm["arm"], "final": arm["final"], "kl": arm["kl"]}
-            )
-            bar.update()
-    for trial in optimizer.trials:  # trials finished before a resume are read back from their files
-        name = trial["info"]["arm"]
-        arms[name] = arms.get(name) or read_json(arm_path(options, name))
+    told = {trial["info"]["arm"] for trial in optimizer.trials}
+    for name, arm in arms.items():
+        if name != "rcfd" and name not in told and set(arm.weights) <= set(components):
+            tell(optimizer, components, arm, options)
+    n_baselines = sum(trial["info"]["arm"] in baselines for trial in optimizer.trials)
+    for trial in optimizer.trials[n_baselines:]:  # BO trials finished before a resume
+        arms[trial["info"]["arm"]] = Arm.from_json(read_json(arm_path(options, trial["info"]["arm"])))
+    for k in tqdm(range(len(optimizer.trials) - n_baselines, options.trials), desc="BO trials", disable=None):
+        # A seed of its own per trial: J(w) is noisy over seeds, which is what the GP models.
+        # The trial is named by its line in trials.jsonl.
+        name = f"trial-{len(optimizer.trials)}"
+        arm = Arm(name, "trial", "trial", optimizer.ask(), options.seed + TRIAL_SEED_OFFSET + k, **new_arm)
+        arms[name] = finished_or_trained(arm, setup, options)
+        tell(optimizer, components, arms[name], options)
     best_weights, _ = optimizer.best()
 
     # 3. Confirm: the best weights and sparse again, at fresh seeds.
-    for k in tqdm(range(1, options.confirm_seeds + 1), desc="confirm"):
-        for name, weights in [("bo-best", best_weights), ("sparse", BASELINES["sparse"])]:
-            arm = train_arm(f"{name}-seed{options.seed + k}", weights, options.seed + k, setup, options)
-            arms[arm["arm"]] = arm
+    for seed in tqdm(
+        range(options.seed + 1, options.seed + 1 + options.confirm_seeds), desc="confirm", disable=None
+    ):
+        for group, weights in [("bo-best", best_weights), ("sparse", BASELINES["sparse"])]:
+            arm = Arm(f"{group}-seed{seed}", "confirm", group, weights, seed, **new_arm)
+            arms[arm.name] = finished_or_trained(arm, setup, options)
 
-    # 4. Report: tables, curves and the credit every method gives each token.
-    arm_weights = {
-        name: arm["weights"] for name, arm in arms.items() if name != "rcfd"
-    }  # RCfD explains R_cfd
+    # 4. Report: tables, curves, the frontier and the credit every method gives each token.
+    arm_weights = {name: arm.weights for name, arm in arms.items() if name != "rcfd"}  # RCfD explains R_cfd
     credit = credit_examples(setup, options, {**arm_weights, "bo-best": best_weights})
-    summary = report.write_all(options.out, arms, best_weights, credit)
+    summary = report.write_all(options.out, arms, best_weights, credit, smoke=options.quick)
     print(summary)
+    files = ", ".join(
+        os.path.join(options.out, f) for f in ("summary.md", "curves.png", "frontier.png", "tokens.html")
+    )
+    print(f"results: {files}")
     return {"arms": arms, "best_weights": best_weights}
 
 

@@ -1,60 +1,83 @@
 """report.py: the figures of the results table, on hand-made learning curves."""
 
+import json
+
 import pytest
 
 import report
+from report import Arm
 
 
-def arm(name, seed, rewards, every=2):
-    curve = [{"iteration": every * i, "reward": r, "kl": 0.0} for i, r in enumerate(rewards)]
-    return {
-        "arm": name,
-        "seed": seed,
-        "weights": {"sparse": 1.0},
-        "curve": curve,
-        "kl": 1.0,
-        "seconds": 1.0,
-        "auc": sum(rewards[1:]) / (len(rewards) - 1),
-        "final": (rewards[-1] + rewards[-2]) / 2,
-    }
+def arm(name, kind, group, seed, rewards, kls, every=2):
+    curve = [
+        {"iteration": every * i, "reward": r, "kl": k, "kl_k3": k, "train_kl": k}
+        for i, (r, k) in enumerate(zip(rewards, kls))
+    ]
+    return Arm(name, kind, group, {"sparse": 1.0}, seed, kl_coef=0.5, curve=curve, seconds=1.0)
 
 
-ARMS = {  # sparse at seed 1 ends at (3 + 5) / 2 = 4
-    "sparse-seed1": arm("sparse-seed1", 1, [0, 1, 2, 4.5, 3, 5]),
-    "bo-best-seed1": arm("bo-best-seed1", 1, [0, 2, 4, 6, 6, 6]),
-    "sparse-seed2": arm("sparse-seed2", 2, [0, 1, 1, 2, 2, 2]),
-    "bo-best-seed2": arm("bo-best-seed2", 2, [0, 1, 1, 1, 1, 1]),
-    "trial-0": arm("trial-0", 100, [0, 9, 9, 9, 9, 9]),
+ARMS = {  # sparse at seed 1 ends at KL (4 + 6) / 2 = 5
+    "sparse-seed1": arm("sparse-seed1", "confirm", "sparse", 1, [0, 1, 2, 3], [0, 2, 4, 6]),
+    "bo-best-seed1": arm("bo-best-seed1", "confirm", "bo-best", 1, [0, 2, 4, 6], [0, 4, 8, 12]),
+    "sparse-seed2": arm("sparse-seed2", "confirm", "sparse", 2, [0, 1, 2, 2], [0, 1, 2, 2]),
+    "bo-best-seed2": arm("bo-best-seed2", "confirm", "bo-best", 2, [0, 3, 3, 3], [0, 1, 1, 1]),
+    # a custom baseline whose name looks like a sparse confirmation seed: grouped by its fields
+    "sparse-seedling": arm("sparse-seedling", "baseline", "custom", 1, [0, 5, 5, 5], [0, 2, 4, 6]),
+    "trial-4": arm("trial-4", "trial", "trial", 104, [0, 9, 9, 9], [0, 9, 9, 9]),
 }
 
 
-def test_first_reach_and_never():
-    assert report.first_reach(ARMS["bo-best-seed1"]["curve"], 4.0) == 4
-    assert report.first_reach(ARMS["bo-best-seed1"]["curve"], 0.0) == 0  # reached at the start is not "never"
-    assert report.first_reach(ARMS["bo-best-seed1"]["curve"], 7.0) == "never"
+def test_objective_auc_and_final_by_hand():
+    a = ARMS["bo-best-seed1"]
+    assert a.auc == pytest.approx((2 + 4 + 6) / 3)
+    # J = mean over the evaluations after the start of reward - 0.5 KL: (0 + 0 + 0) / 3
+    assert a.objective == pytest.approx(((2 - 2) + (4 - 4) + (6 - 6)) / 3)
+    assert ARMS["sparse-seed1"].objective == pytest.approx(((1 - 1) + (2 - 2) + (3 - 3)) / 3)
+    assert ARMS["sparse-seed2"].objective == pytest.approx(((1 - 0.5) + (2 - 1) + (2 - 1)) / 3)
+    assert a.final == 5.0 and a.final_kl == 10.0
 
 
-def test_reach_is_against_sparse_at_the_same_seed():
-    reach = report.reach_iterations(ARMS)
-    assert reach["sparse-seed1"] == 6  # 4.5 at iteration 6 is the first >= 4
-    assert reach["bo-best-seed1"] == 4
-    assert reach["sparse-seed2"] == 6 and reach["bo-best-seed2"] == "never"
-    assert reach["trial-0"] is None  # no sparse run at seed 100
+def test_reward_at_kl_interpolates_and_never_extrapolates():
+    curve = ARMS["bo-best-seed1"].curve  # KL 0, 4, 8, 12 with reward 0, 2, 4, 6
+    assert report.reward_at_kl(curve, 5.0) == pytest.approx(2 + (5 - 4) / 4 * 2)
+    assert report.reward_at_kl(curve, 0.0) == 0.0
+    assert report.reward_at_kl(curve, 13.0) is None  # never reached: not extrapolated
+    assert report.reward_at_kl(ARMS["bo-best-seed2"].curve, 2.0) is None
 
 
-def test_confirmation_ratio_counts_never_as_the_whole_run():
-    text = report.confirmation(ARMS, report.reach_iterations(ARMS))
-    # bo-best: (4 + 10) / 2 = 7 iterations; sparse: (6 + 6) / 2 = 6 -> ratio 7 / 6
-    assert f"ratio bo-best / sparse = {7 / 6:.2f}" in text
-    assert "| bo-best | 2 | +3.50 ± 2.50 |" in text
+def test_matched_kl_is_against_sparse_at_the_same_seed_grouped_by_fields():
+    matched = report.matched_kl_rewards(ARMS)
+    assert matched["bo-best-seed1"] == pytest.approx(2.5)  # at sparse-seed1's final KL 5
+    assert matched["sparse-seed1"] == pytest.approx(2.5)  # its own trajectory at KL 5
+    assert matched["sparse-seedling"] == pytest.approx(5.0)  # a custom arm at seed 1, not a sparse run
+    assert matched["bo-best-seed2"] is None  # KL 1 throughout: never reaches sparse-seed2's 2
+    assert matched["trial-4"] is None  # no sparse run at seed 104
+
+
+def test_confirmation_pairs_seeds_with_intervals():
+    text = report.confirmation(ARMS, report.matched_kl_rewards(ARMS))
+    # bo-best finals 5 and 3: mean 4, t(0.975, 1) = 12.706 x sd 1.414 / sqrt 2 = 12.71
+    assert "| bo-best | 2 | +4.00 ± 12.71 |" in text
+    # paired J gaps: seed 1: 0 - 0 = 0; seed 2: (2.5 + 2.5 + 2.5) / 3 - 2.5 / 3 = 5/3
+    assert f"J {5 / 6:+.2f} ± " in text
+    assert "reward at sparse's KL +0.00 (n = 1)" in text  # only seed 1 has both
+
+
+def test_arm_round_trips_through_its_json_file(tmp_path):
+    path = tmp_path / "arm.json"
+    path.write_text(json.dumps(ARMS["trial-4"].to_json()))
+    assert Arm.from_json(json.loads(path.read_text())) == ARMS["trial-4"]
+
+
+def test_smoke_summary_says_so_and_prints_no_target():
+    fidelity = {name: None for name in ARMS}
+    text = report.summary_table(ARMS, {"sparse": 1.0}, fidelity, smoke=True)
+    assert "Smoke run" in text and "target" not in text
+    assert "| sparse-seedling | sparse 1.00 | +5.00 | 5.00 |" in text
+    assert "| bo-best-seed2 |" in text and "| never |" in text  # never reaches sparse's KL
 
 
 def test_colour_sign_and_scale():
     assert report.colour(2.0, 2.0) == "rgba(0,150,0,1.00)"
     assert report.colour(-1.0, 2.0) == "rgba(210,0,0,0.50)"
     assert report.colour(0.0, 0.0) == "rgba(0,150,0,0.00)"
-
-
-@pytest.mark.parametrize("name, sparse", [("sparse", True), ("sparse-seed3", True), ("bo-best-seed3", False)])
-def test_is_sparse(name, sparse):
-    assert report.is_sparse({"arm": name}) is sparse

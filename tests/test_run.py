@@ -1,5 +1,6 @@
 """run.py end to end: a --quick run's artifacts, resuming after an interrupt, bad options."""
 
+import copy
 import csv
 import json
 import os
@@ -22,63 +23,123 @@ def test_quick_run_writes_every_artifact(tmp_path, task_cache):
     out = tmp_path / "quick"
     result = run.main(["--quick", "--out", str(out), "--cache-dir", task_cache])
     arms = set(result["arms"])
-    assert set(run.BASELINES) | {"trial-0", "trial-1", "bo-best-seed1", "sparse-seed1"} == arms
+    # BO trials are named by their line in trials.jsonl, after the 4 baselines told first
+    assert set(run.BASELINES) | {"trial-4", "trial-5", "bo-best-seed1", "sparse-seed1"} == arms
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
-    # the baselines on the BO's simplex are told first (free observations), then 2 BO trials
     assert [trial["info"]["arm"] for trial in trials] == [
         "sparse",
         "abc",
         "shap",
         "lime",
-        "trial-0",
-        "trial-1",
+        "trial-4",
+        "trial-5",
     ]
     assert trials[1]["weights"] == {"sparse": 0.2, "attention": 0.8, "shap": 0.0, "lime": 0.0}
-    assert trials[2]["value"] == result["arms"]["shap"]["auc"]
+    shap_arm = result["arms"]["shap"]
+    assert trials[2]["value"] == shap_arm.objective  # the KL-regularised objective by default
+    assert trials[2]["info"]["regularised"] == shap_arm.objective and trials[2]["info"]["auc"] == shap_arm.auc
+    points = shap_arm.curve[1:]
+    assert shap_arm.objective == pytest.approx(
+        sum(p["reward"] - 0.05 * p["kl"] for p in points) / len(points)
+    )
     assert all(abs(sum(trial["weights"].values()) - 1) < 1e-6 for trial in trials)
-    seeds = {name: arm["seed"] for name, arm in result["arms"].items()}
-    assert len({seeds["sparse"], seeds["trial-0"], seeds["trial-1"], seeds["bo-best-seed1"]}) == 4
+    seeds = {name: arm.seed for name, arm in result["arms"].items()}
+    assert len({seeds["sparse"], seeds["trial-4"], seeds["trial-5"], seeds["bo-best-seed1"]}) == 4
+    kinds = {name: (arm.kind, arm.group) for name, arm in result["arms"].items()}
+    assert kinds["sparse-seed1"] == ("confirm", "sparse") and kinds["trial-4"] == ("trial", "trial")
     with open(out / "curves.csv") as file:
         rows = list(csv.DictReader(file))
     assert {row["arm"] for row in rows} == arms
     assert {int(row["iteration"]) for row in rows} == {0, 2, 4}  # --quick: 4 iterations, every 2
+    assert all(
+        float(row["kl"]) == 0 for row in rows if row["iteration"] == "0"
+    )  # the policy is its reference
     page = (out / "tokens.html").read_text()
     for method in ("truth", "sparse", "uniform", "abc", "shap", "lime", "bo-best"):
         assert f">{method}</td>" in page
     summary = (out / "summary.md").read_text()
-    assert all(f"| {arm} |" in summary for arm in arms) and "Iterations ratio bo-best / sparse" in summary
-    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(f"| {arm} |" in summary for arm in arms)
+    assert "Smoke run" in summary and "target" not in summary
+    assert "| arm | weights | final reward | held-out KL | J | AUC | reward at sparse's KL |" in summary
+    assert "bo-best - sparse, paired by seed" in summary
+    for picture in ("curves.png", "frontier.png"):
+        assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "config.json").read_text())["iterations"] == 4
-    # the PPO runs really trained: the policy moved away from the reference
-    assert all(arm["kl"] != 0 for name, arm in result["arms"].items() if name != "rcfd")
+    # the PPO runs really trained: the policy moved away from the reference (held-out KL > 0)
+    assert all(arm.final_kl > 0 for arm in result["arms"].values())
+
+
+def test_held_out_kl_is_zero_for_the_reference_and_grows_with_an_update(embedded_task):
+    options = run.parse_options(["--quick", "--eval-prompts", "8"])
+    setup = run.Setup(embedded_task, None, None, None, run.ppo.PPOConfig(seed=0))
+    setup.reward_fn = lambda prompts, responses: torch.zeros(len(prompts))
+    trainer = run.ppo.PPOTrainer(
+        copy.deepcopy(embedded_task.policy), setup.ppo_config, setup.tokenizer.pad_token_id,
+        setup.tokenizer.eos_token_id, ref_policy=embedded_task.policy,
+    )  # fmt: skip
+    before = run.evaluate(trainer, setup, options)
+    assert abs(before["kl"]) < 1e-6 and abs(before["kl_k3"]) < 1e-6
+    enc = setup.tokenizer(embedded_task.train_prompts[:16], return_tensors="pt", padding=True)
+    rollout = trainer.rollout(enc["input_ids"], enc["attention_mask"])
+    ones = rollout.response_mask.float()  # a reward on every token: the policy learns to write longer
+    for _ in range(3):
+        trainer.update(rollout, ones)
+    after = run.evaluate(trainer, setup, options)
+    assert after["kl_k3"] > 1e-3  # k3 >= 0 per token, so a moved policy shows a positive estimate
+
+
+def test_target_kl_reaches_the_trainer_of_every_arm(tmp_path, task_cache, monkeypatch):
+    trainer_class, trainers = run.ppo.PPOTrainer, []
+
+    def recorded(*args, **kwargs):
+        trainers.append(trainer_class(*args, **kwargs))
+        return trainers[-1]
+
+    monkeypatch.setattr(run.ppo, "PPOTrainer", recorded)
+    argv = [
+        "--quick",
+        "--baselines",
+        "sparse,shap",
+        "--trials",
+        "1",
+        "--target-kl",
+        "0.01",
+        "--kl-horizon",
+        "64",
+    ]
+    run.main([*argv, "--out", str(tmp_path), "--cache-dir", task_cache])
+    assert len(trainers) == 6  # two baselines, two trials, bo-best and sparse at one confirm seed
+    # the controller moves beta by a factor 1 +- 0.2 * 16 / 64 per iteration (0 KL at the first)
+    assert all(t.config.target_kl == 0.01 for t in trainers)
+    assert all(t.kl_coef != pytest.approx(0.05, abs=1e-4) for t in trainers)
 
 
 def test_interrupted_run_resumes_without_repeating_finished_work(tmp_path, task_cache, monkeypatch):
     argv = ["--quick", "--baselines", "sparse", "--out", str(tmp_path), "--cache-dir", task_cache]
     train_arm = run.train_arm
 
-    def interrupted(name, *args, **kwargs):
-        if name == "trial-1":
+    def interrupted(arm, *args, **kwargs):
+        if arm.name == "trial-2":
             raise KeyboardInterrupt
-        return train_arm(name, *args, **kwargs)
+        return train_arm(arm, *args, **kwargs)
 
     monkeypatch.setattr(run, "train_arm", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run.main(argv)
     first_trial = (tmp_path / "trials.jsonl").read_text()
-    assert len(first_trial.splitlines()) == 2  # the sparse baseline, told to the BO, and trial-0
-    finished = {p: os.stat(tmp_path / "arms" / p).st_mtime_ns for p in ("sparse.json", "trial-0.json")}
+    assert len(first_trial.splitlines()) == 2  # the sparse baseline, told to the BO, and trial-1
+    finished = {p: os.stat(tmp_path / "arms" / p).st_mtime_ns for p in ("sparse.json", "trial-1.json")}
 
     monkeypatch.setattr(run, "train_arm", train_arm)
     trainer_class, made = run.ppo.PPOTrainer, []
     monkeypatch.setattr(run.ppo, "PPOTrainer", lambda *a, **k: made.append(1) or trainer_class(*a, **k))
     result = run.main(argv)
-    assert {"trial-0", "trial-1"} <= set(result["arms"])  # finished before the resume, still reported
-    assert "| trial-0 |" in (tmp_path / "summary.md").read_text()
+    assert {"trial-1", "trial-2"} <= set(result["arms"])  # finished before the resume, still reported
+    assert "| trial-1 |" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "trials.jsonl").read_text().startswith(first_trial)
     assert len((tmp_path / "trials.jsonl").read_text().splitlines()) == 3
     assert {p: os.stat(tmp_path / "arms" / p).st_mtime_ns for p in finished} == finished
-    assert len(made) == 3  # trial-1, bo-best-seed1, sparse-seed1: nothing finished is trained again
+    assert len(made) == 3  # trial-2, bo-best-seed1, sparse-seed1: nothing finished is trained again
 
 
 @pytest.mark.parametrize(
@@ -88,6 +149,13 @@ def test_interrupted_run_resumes_without_repeating_finished_work(tmp_path, task_
         (["--baselines", "sparse,ppo"], "unknown baseline 'ppo'"),
         (["--prompts", "/no/such/prompts.txt"], "--prompts file '/no/such/prompts.txt' does not exist"),
         (["--weights", "WEIGHTS"], "are not on the simplex"),
+        (["--iterations", "0"], "--iterations 0: expected >= 1"),
+        (["--batch-size", "1"], "--batch-size 1: expected >= 2"),
+        (["--eval-every", "40"], "--eval-every 40 > --iterations"),
+        (["--min-new-tokens", "20"], "--min-new-tokens > --max-new-tokens"),
+        (["--kl-coef", "-1"], "--kl-coef -1.0: expected >= 0"),
+        (["--target-kl", "0"], "--target-kl 0.0 <= 0"),
+        (["--objective", "reward"], "--objective 'reward': expected"),
     ],
 )
 def test_bad_options_exit_with_a_clear_message(tmp_path, capsys, extra, message):
@@ -101,9 +169,13 @@ def test_bad_options_exit_with_a_clear_message(tmp_path, capsys, extra, message)
 
 def test_a_folder_holding_a_run_with_other_training_options_is_refused(tmp_path):
     run.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))
+    # a config but no finished arm (a start that failed early): new options are welcome
+    run.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--learning-rate", "3e-4"]))
+    run.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))
+    run.write_json(str(tmp_path / "arms" / "sparse.json"), {})
     run.claim_output_folder(
         run.parse_options(["--out", str(tmp_path), "--threads", "1"])
-    )  # rounding, not the experiment
+    )  # not the experiment
     with pytest.raises(SystemExit) as exit_info:  # its finished arms were trained otherwise
         run.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--learning-rate", "1e-4"]))
     assert "other options {'learning_rate': (0.0002, 0.0001)}" in str(exit_info.value)
@@ -230,8 +302,8 @@ def test_quick_run_on_a_real_model_pair_with_different_tokenizers(tmp_path):
         "abc",
         "shap",
         "lime",
-        "trial-0",
-        "trial-1",
+        "trial-4",
+        "trial-5",
         "bo-best-seed1",
         "sparse-seed1",
     }
