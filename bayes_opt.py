@@ -223,7 +223,7 @@ class BayesOpt:
         if not (isinstance(n, int) and n >= 1):
             raise ValueError(f"n must be a positive integer, got {n!r}")
         batch = self._next_points(n)
-        self.pending.extend(batch)
+        self.pending.extend(dict(weights) for weights in batch)  # copies: the caller may edit the batch
         return batch
 
     def _next_points(self, n):
