@@ -9,14 +9,22 @@ w (w_k >= 0, sum_k w_k = 1), so there are few, noisy values and it pays to choos
     acquisition  EI(w) = E[max(f(w) - f_best - xi, 0)]                 (Jones et al. 1998)
                        = sigma (z Phi(z) + phi(z)),  z = (mu - f_best - xi) / sigma
     next w       argmax of log EI over simplex candidates             (Ament et al. 2023, LogEI)
+    batch of n   kriging believer (Ginsbourger, Le Riche & Carraro 2010, "Kriging is well-suited
+                 to parallelize optimization"): after choosing w_j, condition the GP on the fantasy
+                 observation y_j = mu(w_j), hyperparameters fixed, and choose w_{j+1} the same way
 
     opt = BayesOpt(("sparse", "attention", "shap", "lime"), log_path="runs/bo.jsonl")
     for _ in range(n_trials):
         weights = opt.ask()
         opt.tell(weights, J(weights))
+    for _ in range(n_batches):            # or n parallel evaluations per round
+        batch = opt.ask(n)
+        for weights, value in zip(batch, evaluate_in_parallel(batch)):
+            opt.tell(weights, value)
     best_weights, best_value = opt.best()
 """
 
+import copy
 import json
 import math
 import os
@@ -24,6 +32,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.linalg import cho_solve, cholesky
 from scipy.special import erfcx
 from scipy.stats import norm
 from sklearn.exceptions import ConvergenceWarning
@@ -112,6 +121,27 @@ def latent_posterior(gp, points):
     return mu, np.sqrt(np.maximum(latent_variance, 1e-12 * y_variance))
 
 
+def condition_on_believed(gp, new_points):
+    """The GP with fantasy observations y = mu(new_points) (M, K) added to its data, its fitted
+    kernel and y normalisation unchanged: the kriging believer update (Ginsbourger et al. 2010).
+
+    Hyperparameters stay fixed, not refitted: a fantasy carries no evidence about them; ML-II refitted
+    on values the GP itself predicted would see points that agree perfectly with the model (pulling
+    the fitted noise down), normalize_y would move the prior mean towards the believed values, and
+    each batch point would cost another restarted ML-II fit. With the kernel fixed the update is
+    exact GP conditioning (Rasmussen & Williams 2006, Alg. 2.1) on X' = [X; new], y' = [y; mu(new)]:
+        L = chol(K(X', X') + alpha I),   alpha_ = (K(X', X') + alpha I)^-1 y'
+    As y' agrees with the posterior mean, the mean is unchanged everywhere; only the variance shrinks,
+    at a single new point from v to v n / (v + n) < n (latent variances, n the noise variance)."""
+    believed = copy.copy(gp)
+    believed.X_train_ = np.vstack([gp.X_train_, new_points])  # (N + M, K)
+    believed.y_train_ = np.concatenate([gp.y_train_, gp.kernel_(new_points, gp.X_train_) @ gp.alpha_])
+    train_cov = gp.kernel_(believed.X_train_) + gp.alpha * np.eye(len(believed.X_train_))  # (N+M, N+M)
+    believed.L_ = cholesky(train_cov, lower=True)
+    believed.alpha_ = cho_solve((believed.L_, True), believed.y_train_)  # (N + M,)
+    return believed
+
+
 # ---- Candidates on the simplex ----
 
 
@@ -147,8 +177,9 @@ def simplex_candidates(incumbent, rng, n_random, n_local):
 class BayesOpt:
     """GP + log-EI optimiser of K weights on the simplex, with a resumable JSONL trial log.
 
-    Every ask() draws its randomness from (seed, number of trials told), so a run resumed from its
-    log asks exactly what the uninterrupted run would have asked."""
+    Every ask() draws its randomness from (seed, number of trials told, position after them), so a
+    run resumed from its log asks exactly what the uninterrupted run would have asked with no
+    points pending."""
 
     def __init__(
         self,
@@ -171,30 +202,67 @@ class BayesOpt:
         self.names, self.log_path, self.seed, self.n_initial = tuple(names), log_path, seed, n_initial
         self.xi, self.n_random, self.n_local, self.n_restarts = xi, n_random, n_local, n_restarts
         self.trials: list[dict] = []
+        self.pending: list[dict[str, float]] = []  # asked by ask(n), not yet told
         self._gp_cache = (None, None)  # (number of trials it was fitted on, gp)
         if log_path is not None and os.path.exists(log_path):
             self._load_log()
 
-    def ask(self) -> dict[str, float]:
-        """The next weights to evaluate, on the simplex."""
+    def ask(self, n: int | None = None) -> dict[str, float] | list[dict[str, float]]:
+        """ask() -> the next weights to evaluate; ask(n) -> a list of n distinct weights for one
+        synchronous batch, chosen by the kriging believer rule (Ginsbourger, Le Riche & Carraro 2010):
+        each point maximises log EI after the points before it (and any pending ones) were added
+        to the GP as fantasy observations y = mu(w) (see condition_on_believed).
+
+        ask(n) marks its points pending until they are told; a later ask() or ask(m) before then
+        treats them as fantasies too, so it continues the same sequence: ask(2) then ask(2) returns
+        ask(4), never the same batch again. ask() marks nothing: it is ask(1)[0] without the
+        bookkeeping, and repeated ask() calls with no tell in between return the same weights.
+        Pending points live in memory only: a run resumed from its log asks from the told trials."""
+        if n is None:
+            return self._next_points(1)[0]
+        if not (isinstance(n, int) and n >= 1):
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        batch = self._next_points(n)
+        self.pending.extend(dict(weights) for weights in batch)  # copies: the caller may edit the batch
+        return batch
+
+    def _next_points(self, n):
+        """The next n points after the pending ones. The j-th point after the told trials (pending
+        included) draws its randomness from (seed, number told) for j = 0, as sequential BO always
+        did, and from (seed, number told, j) after that."""
         num_told, num_weights = len(self.trials), len(self.names)
-        rng = np.random.default_rng([self.seed, num_told])
-        if num_told == 0:
-            point = np.full(num_weights, 1 / num_weights)
-        elif num_told < self.n_initial:
-            point = rng.dirichlet(np.ones(num_weights))
-        else:
-            gp, points, observed_means = self._surrogate()
-            candidates = simplex_candidates(
-                points[np.argmax(observed_means)], rng, self.n_random, self.n_local
-            )
-            mu, sigma = latent_posterior(gp, candidates)
-            xi = self.xi * gp._y_train_std
-            point = candidates[np.argmax(log_expected_improvement(mu, sigma, observed_means.max(), xi))]
-        return {name: float(w) for name, w in zip(self.names, point)}
+        chosen = [np.array([w[name] for name in self.names]) for w in self.pending]
+        if num_told >= self.n_initial:
+            gp, points, _ = self._surrogate()
+        for j in range(len(self.pending), len(self.pending) + n):
+            rng = np.random.default_rng([self.seed, num_told, j] if j else [self.seed, num_told])
+            if num_told + j == 0:
+                point = np.full(num_weights, 1 / num_weights)
+            elif num_told < self.n_initial:
+                point = rng.dirichlet(np.ones(num_weights))
+            else:
+                point = self._believer_point(gp, points, np.array(chosen).reshape(-1, num_weights), rng)
+            chosen.append(point)
+        return [{name: float(w) for name, w in zip(self.names, point)} for point in chosen[-n:]]
+
+    def _believer_point(self, gp, points, believed, rng):
+        """argmax log EI over candidates, the GP conditioned on the believed points (M, K), which
+        count as observations for the incumbent and are excluded from the candidates."""
+        if len(believed):
+            gp, points = condition_on_believed(gp, believed), np.vstack([points, believed])
+        observed_means = gp.predict(points)  # (N + M,)
+        candidates = simplex_candidates(points[np.argmax(observed_means)], rng, self.n_random, self.n_local)
+        if len(believed):
+            distances = np.abs(candidates[:, None, :] - believed[None]).max(axis=2)  # (C, M)
+            candidates = candidates[distances.min(axis=1) > SIMPLEX_TOLERANCE]
+        mu, sigma = latent_posterior(gp, candidates)
+        xi = self.xi * gp._y_train_std
+        return candidates[np.argmax(log_expected_improvement(mu, sigma, observed_means.max(), xi))]
 
     def tell(self, weights: dict[str, float], value: float, info: dict | None = None) -> None:
-        """Record J(weights) = value; appended to the log (flushed and fsync'ed) before returning."""
+        """Record J(weights) = value; appended to the log (flushed and fsync'ed) before returning.
+        A pending point within SIMPLEX_TOLERANCE of weights stops being pending (the first such);
+        weights that were not pending leave the pending points as they are."""
         self._check_weights(weights)
         if not math.isfinite(float(value)):
             raise ValueError(f"value must be a finite number, got {value!r}")
@@ -211,6 +279,11 @@ class BayesOpt:
                 log.flush()
                 os.fsync(log.fileno())
         self.trials.append(json.loads(line))  # exactly what a resumed run will read back
+        told = np.array([weights[name] for name in self.names])
+        for index, pending in enumerate(self.pending):
+            if np.abs(np.array([pending[name] for name in self.names]) - told).max() <= SIMPLEX_TOLERANCE:
+                del self.pending[index]  # told: now a trial, no longer a fantasy
+                break
 
     def best(self) -> tuple[dict[str, float], float]:
         """Incumbent: the observed weights with the highest posterior mean, and that mean

@@ -6,7 +6,8 @@ measured through a noisy PPO run. Here J is a Gaussian bump with one width per w
 its optimum w* inside the simplex, on an edge, or at a vertex, plus Gaussian noise of sd
 NOISE_FRACTION x (max f - min f on the simplex). Simple regret = f(w*) - f(recommended w), with the
 noise-free f at the point each optimiser recommends: BayesOpt.best() (highest posterior mean),
-random search's best noisy observation.
+random search's best noisy observation. Batch columns: 20 evaluations asked in synchronous
+batches of 2 and 4 (BayesOpt.ask(n), kriging believer), each batch told before the next is asked.
 
     python benchmarks/bench_bo.py --seeds 20 [--first-seed 20]   (seeds 0-19 were used to tune the GP bounds)
 """
@@ -25,6 +26,8 @@ import bayes_opt
 NOISE_FRACTION = 0.075  # noise sd as a fraction of the function's range on the simplex
 WIDTH_RANGE = (0.3, 0.6)  # per-weight widths of the bump, drawn uniformly
 CHECKPOINTS = (10, 20)  # report regret after this many evaluations
+BATCH_SIZES = (2, 4)  # batched BO, compared at the last checkpoint
+BATCH_TARGET = 1.2  # batch-2 / sequential regret after the last checkpoint, both pooled over all problems
 
 
 def make_problem(num_weights, location, rng):
@@ -49,16 +52,18 @@ def make_problem(num_weights, location, rng):
     return f, noise_sd
 
 
-def run_bayes_opt(f, noise_sd, names, seed, rng):
-    """Regret of BayesOpt.best() at each checkpoint."""
+def run_bayes_opt(f, noise_sd, names, seed, rng, batch_size=None):
+    """Regret of BayesOpt.best() at each checkpoint: one ask() per evaluation, or ask(batch_size)
+    per batch of evaluations."""
     optimizer, regrets = bayes_opt.BayesOpt(names, seed=seed), []
-    for evaluation in range(1, max(CHECKPOINTS) + 1):
-        weights = optimizer.ask()
-        point = np.array([weights[name] for name in names])
-        optimizer.tell(weights, float(f(point[None])[0] + noise_sd * rng.standard_normal()))
-        if evaluation in CHECKPOINTS:
-            recommended = optimizer.best()[0]
-            regrets.append(1 - f(np.array([[recommended[name] for name in names]]))[0])
+    while len(optimizer.trials) < max(CHECKPOINTS):
+        batch = [optimizer.ask()] if batch_size is None else optimizer.ask(batch_size)
+        for weights in batch:
+            point = np.array([weights[name] for name in names])
+            optimizer.tell(weights, float(f(point[None])[0] + noise_sd * rng.standard_normal()))
+            if len(optimizer.trials) in CHECKPOINTS:
+                recommended = optimizer.best()[0]
+                regrets.append(1 - f(np.array([[recommended[name] for name in names]]))[0])
     return regrets
 
 
@@ -75,30 +80,49 @@ def main():
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
     args = parser.parse_args()
     start = time.time()
+    last = max(CHECKPOINTS)
     print(f"mean simple regret over {args.seeds} seeds (f(w*) = 1; noise sd {NOISE_FRACTION} x range)")
+    batch_columns = " ".join(f"{f'B{b}@{last}':>7} {'/BO':>5}" for b in BATCH_SIZES)
     print(
         f"{'K':>2} {'optimum':>8} | {'BO@10':>7} {'RS@10':>7} {'ratio':>6} | "
-        f"{'BO@20':>7} {'RS@20':>7} {'ratio':>6}"
+        f"{'BO@20':>7} {'RS@20':>7} {'ratio':>6} | {batch_columns}"
     )
     ratios = {n: [] for n in CHECKPOINTS}
+    pooled = {b: [] for b in (None, *BATCH_SIZES)}  # regret after the last checkpoint, every problem and seed
     for num_weights in (3, 4, 5):
         names = tuple(f"w{k}" for k in range(num_weights))
         for location in ("inside", "edge", "vertex"):
-            bo_regrets, rs_regrets = [], []
+            bo_regrets, rs_regrets, batch_regrets = [], [], {b: [] for b in BATCH_SIZES}
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 f, noise_sd = make_problem(num_weights, location, np.random.default_rng([seed, num_weights]))
                 bo_regrets.append(run_bayes_opt(f, noise_sd, names, seed, np.random.default_rng([seed, 1])))
                 rs_regrets.append(
                     run_random_search(f, noise_sd, num_weights, np.random.default_rng([seed, 2]))
                 )
+                for b in BATCH_SIZES:
+                    noise_rng = np.random.default_rng([seed, 1])  # the same noise draws as sequential BO
+                    batch_regrets[b].append(run_bayes_opt(f, noise_sd, names, seed, noise_rng, b)[-1])
             bo_mean, rs_mean = np.mean(bo_regrets, axis=0), np.mean(rs_regrets, axis=0)
             row = []
             for i, n in enumerate(CHECKPOINTS):
                 ratios[n].append(bo_mean[i] / rs_mean[i])
                 row.append(f"{bo_mean[i]:7.4f} {rs_mean[i]:7.4f} {ratios[n][-1]:6.2f}")
-            print(f"{num_weights:>2} {location:>8} | " + " | ".join(row), flush=True)
+            pooled[None].extend(regrets[-1] for regrets in bo_regrets)
+            for b in BATCH_SIZES:
+                pooled[b].extend(batch_regrets[b])
+                ratio = np.mean(batch_regrets[b]) / bo_mean[-1] if bo_mean[-1] > 0 else float("nan")
+                row.append(f"{np.mean(batch_regrets[b]):7.4f} {ratio:5.2f}")
+            print(
+                f"{num_weights:>2} {location:>8} | " + " | ".join(row[:2]) + " | " + " ".join(row[2:]),
+                flush=True,
+            )
     summary = ", ".join(f"after {n}: {np.mean(ratios[n]):.2f}" for n in CHECKPOINTS)
     print(f"average regret ratio BO / random search: {summary}  (target after 10: <= 0.50)")
+    sequential = np.mean(pooled[None])
+    summary = ", ".join(f"batch {b}: {np.mean(pooled[b]) / sequential:.2f}" for b in BATCH_SIZES)
+    print(f"mean regret after {last} over all problems, batch BO / sequential BO: {summary}")
+    met = "met" if np.mean(pooled[BATCH_SIZES[0]]) <= BATCH_TARGET * sequential else "NOT met"
+    print(f"batch {BATCH_SIZES[0]} within {BATCH_TARGET}x of sequential: {met}")
     print(f"time {time.time() - start:.0f} s")
 
 

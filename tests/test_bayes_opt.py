@@ -1,4 +1,5 @@
-"""Tests for bayes_opt.py: EI and log-EI against references, the latent std, the simplex, the log."""
+"""Tests for bayes_opt.py: EI and log-EI against references, the latent std, the simplex, the log,
+kriging-believer batches."""
 
 import json
 import math
@@ -9,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 from scipy.optimize import minimize
+from sklearn.gaussian_process import GaussianProcessRegressor
 
 import bayes_opt
 from bayes_opt import BayesOpt
@@ -189,6 +191,114 @@ def test_resume_from_the_log_asks_what_the_uninterrupted_run_asks(tmp_path):
         log.writelines(lines)
     with pytest.raises(ValueError, match="line 3"):
         BayesOpt(NAMES, log_path=log_path, seed=3)
+
+
+# ---- Batches: the kriging believer ----
+
+
+def told_optimizer(num_trials, seed=0, log_path=None):
+    """An optimiser that has been told num_trials sequential trials of bump (with a little noise)."""
+    optimizer = BayesOpt(NAMES, seed=seed, log_path=log_path)
+    for step in range(num_trials):
+        weights = optimizer.ask()
+        optimizer.tell(weights, bump(weights) + 0.01 * math.sin(7 * step))
+    return optimizer
+
+
+def as_points(batch):
+    return np.array([[weights[name] for name in NAMES] for weights in batch])
+
+
+@pytest.mark.parametrize("num_told", [0, 2, 6])  # initial design, its end, the GP
+def test_ask_n_returns_n_distinct_simplex_points_and_ask_1_is_ask(num_told):
+    optimizer = told_optimizer(num_told)
+    single = optimizer.ask()
+    assert optimizer.ask() == single and optimizer.pending == []  # ask() marks nothing pending
+    assert optimizer.ask(1) == [single] and optimizer.pending == [single]
+    optimizer = told_optimizer(num_told)
+    batch = optimizer.ask(5)
+    assert len(batch) == 5 and all(tuple(weights) == NAMES for weights in batch)
+    points = as_points(batch)
+    assert points.min() >= 0 and np.allclose(points.sum(axis=1), 1, atol=1e-12, rtol=0)
+    gaps = np.abs(points[:, None] - points[None]).max(axis=2) + np.eye(5)
+    assert gaps.min() > bayes_opt.SIMPLEX_TOLERANCE
+    assert batch[0] == single
+    for n in (0, -1, 2.0):
+        with pytest.raises(ValueError, match="positive integer"):
+            optimizer.ask(n)
+
+
+def test_a_second_batch_before_tell_continues_the_sequence_and_tell_clears_pending():
+    optimizer, reference = told_optimizer(6), told_optimizer(6)
+    first, second = optimizer.ask(2), optimizer.ask(2)
+    assert first + second == reference.ask(4)  # not the same batch again: the next two of the same rule
+    assert optimizer.ask() == reference.ask(1)[0]  # ask() too treats pending points as fantasies
+    optimizer.tell(second[1], bump(second[1]))  # in any order
+    assert optimizer.pending == [first[0], first[1], second[0]]
+    optimizer.tell({"sparse": 0.1, "attention": 0.1, "shap": 0.8}, 0.0)  # never asked: pending as is
+    assert len(optimizer.pending) == 3
+    for weights in first + second[:1]:
+        optimizer.tell(weights, bump(weights))
+    assert optimizer.pending == [] and len(optimizer.trials) == 11
+
+
+def test_batches_are_deterministic_for_a_seed_and_a_log_and_resume_asks_the_same_batch(tmp_path):
+    log_path = str(tmp_path / "bo.jsonl")
+    logged, uninterrupted = told_optimizer(5, seed=4, log_path=log_path), told_optimizer(5, seed=4)
+    batch = logged.ask(3)
+    assert uninterrupted.ask(3) == batch and told_optimizer(5, seed=5).ask(3) != batch
+    for step, weights in enumerate(batch):
+        logged.tell(weights, bump(weights) + 0.01 * step)
+        uninterrupted.tell(weights, bump(weights) + 0.01 * step)
+    next_batch = uninterrupted.ask(3)
+    resumed = BayesOpt(NAMES, seed=4, log_path=log_path)
+    assert resumed.trials == uninterrupted.trials and resumed.ask(3) == next_batch
+
+
+def test_believer_conditioning_keeps_the_mean_and_shrinks_the_variance_to_the_noise():
+    rng = np.random.default_rng(2)
+    points = rng.dirichlet(np.ones(3), 8)
+    values = 5 * np.sin(3 * points[:, 0]) + 0.5 * rng.standard_normal(8) + 10
+    gp = bayes_opt.fit_gp(points, values)
+    new, queries = rng.dirichlet(np.ones(3), 1), rng.dirichlet(np.ones(3), 20)
+    believed = bayes_opt.condition_on_believed(gp, new)
+    np.testing.assert_allclose(believed.predict(queries), gp.predict(queries), rtol=1e-9)
+    assert believed.kernel_ == gp.kernel_ and len(gp.X_train_) == 8  # fixed hyperparameters, gp intact
+    # Hand: one observation of noise variance n at a point of latent variance v leaves v n / (v + n).
+    noise = gp.kernel_.k2.noise_level * np.std(values) ** 2
+    variance = bayes_opt.latent_posterior(gp, new)[1][0] ** 2
+    shrunk = bayes_opt.latent_posterior(believed, new)[1][0] ** 2
+    assert shrunk == pytest.approx(variance * noise / (variance + noise), rel=1e-6) and shrunk < noise
+    # Reference: sklearn's own fit with the kernel fixed, on the normalised values plus the fantasy.
+    y_mean, y_std = np.mean(values), np.std(values)
+    fantasy = (gp.predict(new) - y_mean) / y_std
+    reference = GaussianProcessRegressor(gp.kernel_, optimizer=None).fit(
+        np.vstack([points, new]), np.concatenate([(values - y_mean) / y_std, fantasy])
+    )
+    mu, std = reference.predict(queries, return_std=True)
+    believed_mu, believed_std = believed.predict(queries, return_std=True)
+    np.testing.assert_allclose(believed_mu, mu * y_std + y_mean, rtol=1e-9)
+    np.testing.assert_allclose(believed_std, std * y_std, rtol=1e-6)
+
+
+def test_the_second_batch_point_is_the_log_ei_argmax_after_believing_the_first():
+    optimizer = told_optimizer(6, seed=1)
+    first, second = as_points(optimizer.ask(2))
+    # By hand, in normalised units, with sklearn's fixed-kernel fit as the believed GP.
+    gp, points, _ = optimizer._surrogate()
+    values = np.array([t["value"] for t in optimizer.trials])
+    y_mean, y_std = np.mean(values), np.std(values)
+    data = np.vstack([points, first])
+    targets = np.concatenate([(values - y_mean) / y_std, (gp.predict(first[None]) - y_mean) / y_std])
+    believed = GaussianProcessRegressor(gp.kernel_, optimizer=None).fit(data, targets)
+    means = believed.predict(data)
+    rng = np.random.default_rng([1, 6, 1])  # (seed, told, position 1 in the batch)
+    candidates = bayes_opt.simplex_candidates(data[np.argmax(means)], rng, 2000, 500)
+    candidates = candidates[np.abs(candidates - first).max(axis=1) > bayes_opt.SIMPLEX_TOLERANCE]
+    mu, sigma = bayes_opt.latent_posterior(believed, candidates)
+    log_ei = bayes_opt.log_expected_improvement(mu, sigma, means.max(), 0.01)
+    np.testing.assert_allclose(second, candidates[np.argmax(log_ei)], atol=1e-12)
+    assert np.abs(second - first).max() > bayes_opt.SIMPLEX_TOLERANCE
 
 
 # ---- The project's module, not PyPI's `bayesian-optimization` (which also imports as bayes_opt) ----
