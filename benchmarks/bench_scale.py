@@ -4,7 +4,7 @@ The models are built from configs with random weights, no download:
 
     --size gpt2   policy GPT-2 small (12 layers, 768 wide, 12 heads, vocab 50257), RM of
                   DistilBERT base shape (6 layers, 768 wide, vocab 30522, 2 labels, eager attention)
-    --size tiny   the same vocabularies, 2 layers x 64 wide for both (a few minutes on 2 CPU cores)
+    --size tiny   the same vocabularies, 2 layers x 64 wide for both (21 min on 2 CPU cores at load 10)
 
 Tokenizers: the embedded task's word-level tokenizer (task.py) padded with filler words
 `w<i>` up to each model's vocabulary size, so every id the policy samples decodes to a word;
