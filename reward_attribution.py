@@ -93,7 +93,7 @@ def response_texts(tokenizer, prompt_ids, response_ids, response_mask) -> tuple[
             f"shape {tuple(response_ids.shape)}"
         )
     lengths = response_mask.sum(1).long()  # (B,)
-    positions = torch.arange(response_mask.shape[1])
+    positions = torch.arange(response_mask.shape[1], device=response_mask.device)
     if not torch.equal(response_mask.bool(), positions < lengths[:, None]) or (lengths == 0).any():
         raise ValueError(
             "response_mask must be 1 on a non-empty run of tokens from position 0 "
@@ -398,7 +398,7 @@ def attention_credit(prompts, pieces, reward_model, reward_tokenizer, max_rows) 
         else:
             readout = mask.argmax(1)
         heads_mean = attentions[-1].mean(1)  # (b, L, L)
-        readout_rows.append(heads_mean[torch.arange(len(readout)), readout].cpu())  # (b, L)
+        readout_rows.append(heads_mean[torch.arange(len(readout), device=device), readout].cpu())  # (b, L)
     attention = torch.cat(readout_rows).double()  # (B, L)
     _, real = real_tokens(pieces)
     T = real.shape[1]
@@ -457,6 +457,6 @@ def attribute(
         }
         backend = config.shap_backend if method == "shap" else config.lime_backend
         values, rows = backends[method, backend](prompts, pieces, reward_fn, config)
-    attributions = torch.zeros(response_mask.shape)
+    attributions = torch.zeros(response_mask.shape, device=response_mask.device)
     attributions[:, : values.shape[1]] = values
     return attributions, rows

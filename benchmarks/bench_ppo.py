@@ -35,7 +35,7 @@ def floor_seconds(policy, rollout: ppo.Rollout, config: ppo.PPOConfig) -> float:
     input_ids = torch.cat([rollout.prompt_ids, rollout.response_ids[:, :-1]], dim=1)  # (B, P+T-1)
     attention_mask = torch.cat([rollout.prompt_mask, rollout.response_mask[:, :-1]], dim=1)
     position_ids = ppo.left_padded_positions(attention_mask)
-    start = time.perf_counter()
+    start = ppo.clock(input_ids.device)
     for _ in range(config.ppo_epochs):
         for row in range(0, len(input_ids), config.minibatch_size):
             rows = slice(row, row + config.minibatch_size)
@@ -45,7 +45,7 @@ def floor_seconds(policy, rollout: ppo.Rollout, config: ppo.PPOConfig) -> float:
                 position_ids=position_ids[rows],
             ).logits
             logits.mean().backward()
-    seconds = time.perf_counter() - start
+    seconds = ppo.clock(input_ids.device) - start
     policy.zero_grad(set_to_none=True)
     return seconds
 

@@ -215,6 +215,24 @@ def test_first_ratio_is_one_and_adaptive_kl_controller():
         trainer.update(first, rewards[:, :2])
 
 
+def test_rollout_and_update_create_tensors_on_the_input_device():
+    """Catches a tensor that sampling, rollout, rewards, GAE or the update creates without the
+    device of its inputs (say `torch.zeros(B)` without `device=`): on a GPU it lands on the CPU
+    and the first op that meets a GPU tensor fails. Here the default device is 'meta' while the
+    models and inputs stay on the CPU, so such a tensor lands on 'meta' and fails the same way.
+    The trainer is built outside, as it is on a GPU before any training step."""
+    config = ppo.PPOConfig(batch_size=6, minibatch_size=3, min_new_tokens=2, max_new_tokens=5, device="cpu")
+    trainer = ppo.PPOTrainer(tiny_gpt2(), config, PAD, EOS)
+    prompt_ids, prompt_mask = left_pad(PROMPTS * 2)
+    with torch.device("meta"):
+        rollout = trainer.rollout(prompt_ids, prompt_mask)
+        scores = rollout.response_mask.sum(1).float()
+        stats = trainer.update(rollout, ppo.sparse_token_rewards(scores, rollout.response_mask), scores)
+        response_ids, _ = trainer.generate(prompt_ids, prompt_mask)
+    assert rollout.values.device.type == "cpu" and response_ids.device.type == "cpu"
+    assert all(np.isfinite(value) for value in stats.values())
+
+
 def train_token_counter(model_dir, seed, iterations=20):
     """PPO on 'reward +1 per occurrence of token 5'; returns the per-iteration stats."""
     config = ppo.PPOConfig(

@@ -88,6 +88,19 @@ def test_response_texts_split_into_pieces_that_rebuild_the_text():
     assert ra.masked_piece(" great", None) == "" and ra.masked_piece("", "[UNK]") == ""
 
 
+def test_response_texts_checks_the_mask_on_its_own_device():
+    """Catches a tensor created without the device of the caller's response_mask where the
+    mask is checked (`torch.arange(T) < lengths`): a mask on a GPU would make it fail. With the
+    default device 'meta' and the inputs on the CPU, such a tensor lands on 'meta' and fails the
+    same way. Only the boundary is checked: the SHAP and LIME internals build CPU tensors from
+    Python lists on purpose, whatever device the caller uses."""
+    tokenizer = word_tokenizer()
+    ids = encode(tokenizer, PROMPTS, RESPONSES)
+    with torch.device("meta"):
+        prompts, pieces = ra.response_texts(tokenizer, *ids)
+    assert prompts == PROMPTS and ["".join(row) for row in pieces] == [" " + r for r in RESPONSES]
+
+
 def test_byte_level_bpe_pieces_keep_a_split_character_whole():
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

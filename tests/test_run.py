@@ -167,7 +167,7 @@ def test_bad_options_exit_with_a_clear_message(tmp_path, capsys, extra, message)
     assert message in capsys.readouterr().err
 
 
-def test_a_folder_holding_a_run_with_other_training_options_is_refused(tmp_path):
+def test_a_folder_holding_a_run_with_other_training_options_is_refused(tmp_path, capsys):
     run.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))
     # a config but no finished arm (a start that failed early): new options are welcome
     run.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--learning-rate", "3e-4"]))
@@ -178,7 +178,8 @@ def test_a_folder_holding_a_run_with_other_training_options_is_refused(tmp_path)
     )  # not the experiment
     with pytest.raises(SystemExit) as exit_info:  # its finished arms were trained otherwise
         run.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--learning-rate", "1e-4"]))
-    assert "other options {'learning_rate': (0.0002, 0.0001)}" in str(exit_info.value)
+    assert exit_info.value.code == 2
+    assert "other options {'learning_rate': (0.0002, 0.0001)}" in capsys.readouterr().err
 
 
 def test_quick_run_has_a_folder_of_its_own():
