@@ -7,8 +7,9 @@ The default is an *embedded* task that builds in seconds on a CPU with no networ
 A synthetic review language (~250 words) whose sentiment is known exactly: every
 sentiment adjective has a polarity and a strength (1-3), `not` flips the next adjective
 (adverbs may stand between), and a review is positive when its summed score is > 0.
-Because the generator knows each word's contribution, `true_token_credit` gives the
-credit of every response token, so attribution methods can be scored against a truth.
+Because the generator knows its own sentiment function, attribution methods can be scored
+against a truth: `true_shapley_credit` (exact Shapley values of the game the RM regresses,
+the truth for SHAP and LIME) and `true_token_credit` (each adjective's signed lexicon value).
 
     reward model  a 2-layer BERT classifier trained with ~15% random [UNK] masking, so the
                   masked texts that SHAP and LIME feed it stay in distribution;
@@ -24,6 +25,7 @@ name or a local path: a real setup (a GPT-2 policy, a DistilBERT IMDb RM) is one
 
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -39,6 +41,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 CACHE_VERSION = 3  # bump when the generator or the training recipe changes
 REWARD_CLIP = 8  # the RM regresses the visible sentiment clipped to +-8
+MAX_SHAPLEY_PLAYERS = 16  # true_shapley_credit enumerates 2^n coalitions of the words that matter
 
 
 # ---- The review language --------------------------------------------------------------
@@ -145,6 +148,41 @@ def true_token_credit(prompt: str, response_tokens: list[str]) -> np.ndarray:
     """
     prompt_words = [w for w in prompt.split() if w not in SPECIAL_TOKENS]
     return token_scores(prompt_words + list(response_tokens))[len(prompt_words) :]
+
+
+def true_shapley_credit(prompt: str, response_tokens: list[str]) -> np.ndarray:
+    """Exact Shapley values of the embedded task's sentiment game over the response tokens.
+
+        v(S) = clip(sum token_scores(x + y, visible = x and S), -REWARD_CLIP, REWARD_CLIP)
+        phi_t = sum_{S not containing t} |S|! (n - |S| - 1)! / n! [v(S + t) - v(S)]   (Shapley 1953)
+
+    v is the target `train_reward_model` regresses the RM onto, clip included; the prompt x is
+    always visible. `not great`: v({great}) = 2, v({not}) = v({}) = 0, v(both) = -2, so phi =
+    (-2, 0). sum_t phi_t = v(all) - v(x alone). No closed form (a `not` reaches a later clause's
+    adjective once the words between are hidden; the clip couples all adjectives): exact
+    enumeration over the words that can change v, adjectives and non-adverbs from the first
+    `not` to the last adjective; the rest (adverbs, special tokens) are null players, phi = 0.
+    """
+    prompt_words = [w for w in prompt.split() if w not in SPECIAL_TOKENS]
+    words, start = prompt_words + list(response_tokens), len(prompt_words)
+    last_adj = max((i for i, w in enumerate(words) if w in POLARITY), default=-1)
+    first_not = words.index(NEGATION) if NEGATION in words else len(words)
+    between = [first_not <= i < last_adj and w not in ADVERBS + SPECIAL_TOKENS for i, w in enumerate(words)]
+    players = [i for i in range(start, len(words)) if words[i] in POLARITY or between[i]]
+    if len(players) > MAX_SHAPLEY_PLAYERS:
+        raise ValueError(f"{len(players)} players in {words}; at most {MAX_SHAPLEY_PLAYERS} are enumerated")
+    n, coalitions = len(players), np.arange(2 ** len(players))  # bit j: players[j] is visible
+    members = (coalitions[:, None] >> np.arange(n)) & 1 == 1  # (2^n, n)
+    visible = np.tile(np.arange(len(words)) < start, (2**n, 1))  # (2^n, L) the prompt always shown
+    visible[:, players] = members  # special tokens, never players, stay hidden (the RM never reads them)
+    values = np.clip([token_scores(words, row.tolist()).sum() for row in visible], -REWARD_CLIP, REWARD_CLIP)
+    weight = np.array([math.factorial(k) * math.factorial(n - k - 1) for k in range(n)]) / math.factorial(n)
+    phi = np.zeros(len(response_tokens))
+    for j, i in enumerate(players):
+        without = coalitions[~members[:, j]]  # coalitions S not containing player j
+        gain = values[without | 1 << j] - values[without]  # v(S + t) - v(S)
+        phi[i - start] = (weight[members[without].sum(1)] * gain).sum()
+    return phi
 
 
 # ---- Tokenizers: word level, whitespace split (so offsets exist), one shared vocabulary ----
