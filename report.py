@@ -71,6 +71,12 @@ def confirmation(arms: dict, reach: dict) -> str:
     return "\n".join(lines) + f"\n\nIterations ratio bo-best / sparse = {ratio:.2f} (target <= 0.6).\n"
 
 
+def fidelity(credit: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
+    """Pearson correlation of two (B, T) credits pooled over the real tokens (mask (B, T) != 0)."""
+    real = np.asarray(mask) != 0
+    return float(np.corrcoef(np.asarray(credit)[real], np.asarray(truth)[real])[0, 1])
+
+
 def summary_table(arms: dict, best_weights: dict, fidelity: dict) -> str:
     reach = reach_iterations(arms)
     weights = lambda w: ", ".join(f"{k} {v:.2f}" for k, v in w.items() if v > 0.005)  # noqa: E731

@@ -1,5 +1,6 @@
 """report.py: the figures of the results table, on hand-made learning curves."""
 
+import numpy as np
 import pytest
 
 import report
@@ -47,6 +48,15 @@ def test_confirmation_ratio_counts_never_as_the_whole_run():
     # bo-best: (4 + 10) / 2 = 7 iterations; sparse: (6 + 6) / 2 = 6 -> ratio 7 / 6
     assert f"ratio bo-best / sparse = {7 / 6:.2f}" in text
     assert "| bo-best | 2 | +3.50 ± 2.50 |" in text
+
+
+def test_fidelity_pools_real_tokens_only():
+    mask = np.array([[1, 1, 0], [1, 1, 1]])
+    truth = np.array([[1.0, 2.0, 9.0], [3.0, 4.0, 5.0]])
+    # 2x + 1 on every real token, nonsense on padding: perfectly faithful
+    assert np.isclose(report.fidelity(2 * truth + 1 + np.array([[0, 0, -99], [0, 0, 0]]), truth, mask), 1.0)
+    # real pairs (1, 1), (2, 0), (3, 1), (4, 0), (5, 1): means 3 and 0.6, covariance sum 0, so r = 0
+    assert np.isclose(report.fidelity(np.array([[1, 0, 7], [1, 0, 1]]), truth, mask), 0.0)
 
 
 def test_colour_sign_and_scale():
