@@ -117,6 +117,12 @@ def mean_interval(values: list[float]) -> str:
     return f"{mean:+.2f} (n = 1)" if math.isnan(half_width) else f"{mean:+.2f} ± {half_width:.2f}"
 
 
+def fidelity(credit: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
+    """Pearson correlation of two (B, T) credits pooled over the real tokens (mask (B, T) != 0)."""
+    real = np.asarray(mask) != 0
+    return float(np.corrcoef(np.asarray(credit)[real], np.asarray(truth)[real])[0, 1])
+
+
 def number(value: float | None, fmt: str = "+.2f", missing: str = "–") -> str:
     return missing if value is None else format(value, fmt)
 

@@ -7,9 +7,9 @@ The default is an *embedded* task that builds in seconds on a CPU with no networ
 A synthetic review language (~250 words) whose sentiment is known exactly: every
 sentiment adjective has a polarity and a strength (1-3), `not` flips the next adjective
 (adverbs may stand between), and a review is positive when its summed score is > 0.
-Because the generator knows each word's contribution, `true_token_credit` gives the
-ground-truth credit of every response token, so attribution methods can be scored
-against a truth (DESIGN.md section 5).
+Because the generator knows its own sentiment function, attribution methods can be scored
+against a truth: `true_shapley_credit` (exact Shapley values of the game the RM regresses,
+the truth for SHAP and LIME) and `true_token_credit` (each adjective's signed lexicon value).
 
     reward model  a 2-layer BERT classifier trained with ~15% random [UNK] masking, so the
                   masked texts that SHAP and LIME feed it stay in distribution;
@@ -19,13 +19,13 @@ against a truth (DESIGN.md section 5).
     prompts       the first 2-4 words of held-out reviews, each with one positive
                   demonstration (for RCfD, Rita et al. 2024)
 
-Built models are saved with `save_pretrained` into a cache folder keyed by the settings and
-read back with `from_pretrained`: the same loader takes a hub name or a local path, so a real
-setup (e.g. a GPT-2 policy and a DistilBERT IMDb classifier) is one option away.
+Built models are cached by settings and read back by `from_pretrained`, which also takes a hub
+name or a local path: a real setup (a GPT-2 policy, a DistilBERT IMDb RM) is one option away.
 """
 
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -36,73 +36,45 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    BertConfig,
-    BertForSequenceClassification,
-    GPT2Config,
-    GPT2LMHeadModel,
-    PreTrainedTokenizerFast,
-)
 
 CACHE_VERSION = 3  # bump when the generator or the training recipe changes
+REWARD_CLIP = 8  # the RM regresses the visible sentiment clipped to +-8
+MAX_SHAPLEY_PLAYERS = 16  # true_shapley_credit enumerates 2^n coalitions of the words that matter
 
-# ---------------------------------------------------------------------------------------
-# The review language
-# ---------------------------------------------------------------------------------------
-POSITIVE = {  # word -> strength
-    **dict.fromkeys(
-        "good nice fine decent pleasant solid charming sweet neat fun "
-        "likable enjoyable warm clever lively fresh honest tidy cute smart".split(),
-        1,
-    ),
-    **dict.fromkeys(
-        "great lovely delightful gripping moving beautiful impressive stylish "
-        "touching wonderful powerful elegant funny vivid rich inspired".split(),
-        2,
-    ),
-    **dict.fromkeys(
-        "superb brilliant stunning excellent outstanding masterful perfect "
-        "magnificent flawless sublime".split(),
-        3,
-    ),
-}
-NEGATIVE = {
-    **dict.fromkeys(
-        "bad dull weak flat plain bland stale slow clumsy messy thin "
-        "silly cheap tired forced odd shallow sloppy loud".split(),
-        1,
-    ),
-    **dict.fromkeys(
-        "boring poor awful ugly annoying tedious lifeless painful clunky "
-        "hollow lazy muddled pointless dreary wooden".split(),
-        2,
-    ),
-    **dict.fromkeys(
-        "terrible horrible dreadful atrocious abysmal unwatchable "
-        "disastrous dire wretched insufferable".split(),
-        3,
-    ),
-}
+
+# ---- The review language --------------------------------------------------------------
+def strengths(text: str) -> dict[str, int]:
+    """`"w1 w2 | w3"` -> {word: strength}: words before the first `|` have strength 1, and so on."""
+    return {word: strength for strength, group in enumerate(text.split("|"), 1) for word in group.split()}
+
+
+POSITIVE = strengths(
+    "good nice fine decent pleasant solid charming sweet neat fun likable enjoyable warm clever lively fresh "
+    "honest tidy cute smart | great lovely delightful gripping moving beautiful impressive stylish touching "
+    "wonderful powerful elegant funny vivid rich inspired | superb brilliant stunning excellent outstanding "
+    "masterful perfect magnificent flawless sublime"
+)
+NEGATIVE = strengths(
+    "bad dull weak flat plain bland stale slow clumsy messy thin silly cheap tired forced odd shallow sloppy "
+    "loud | boring poor awful ugly annoying tedious lifeless painful clunky hollow lazy muddled pointless "
+    "dreary wooden | terrible horrible dreadful atrocious abysmal unwatchable disastrous dire wretched "
+    "insufferable"
+)
 POLARITY = {**POSITIVE, **{word: -strength for word, strength in NEGATIVE.items()}}
 NOUNS = (
-    "plot acting story music ending cast film movie script direction dialogue pacing "
-    "score soundtrack camera lighting editing villain hero heroine twist sequel premise "
-    "humor tone mood setting scenery costumes effects action romance finale opening "
-    "character lead performance voice writing budget runtime trailer cinematography "
-    "chemistry choreography atmosphere narration animation design makeup climax theme "
-    "message ensemble director producer casting remake adaptation documentary comedy "
-    "drama thriller western musical horror fantasy mystery episode season series show "
-    "scene sequence montage cameo middle plotline storyline visuals camerawork dubbing "
-    "subtitles credits poster stunts sets dance songs lyrics"
+    "plot acting story music ending cast film movie script direction dialogue pacing score soundtrack camera "
+    "lighting editing villain hero heroine twist sequel premise humor tone mood setting scenery costumes "
+    "effects action romance finale opening character lead performance voice writing budget runtime trailer "
+    "cinematography chemistry choreography atmosphere narration animation design makeup climax theme message "
+    "ensemble director producer casting remake adaptation documentary comedy drama thriller western musical "
+    "horror fantasy mystery episode season series show scene sequence montage cameo middle plotline "
+    "storyline visuals camerawork dubbing subtitles credits poster stunts sets dance songs lyrics"
 ).split()
 MODIFIERS = (
-    "new old long short recent french early late final second whole entire main "
-    "central original animated silent modern classic familiar british italian young big "
-    "small first third latest restored extended"
+    "new old long short recent french early late final second whole entire main central original animated "
+    "silent modern classic familiar british italian young big small first third latest restored extended"
 ).split()
 VERBS = "was is felt seemed looked sounded remained became proved stayed".split()
 ADVERBS = (
@@ -114,14 +86,7 @@ NEGATION = "not"
 END = "."
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[CLS]"]
 VOCABULARY = SPECIAL_TOKENS + sorted(
-    set(POLARITY)
-    | set(NOUNS)
-    | set(MODIFIERS)
-    | set(VERBS)
-    | set(ADVERBS)
-    | set(DETERMINERS)
-    | set(CONNECTIVES)
-    | {NEGATION, END}
+    {*POLARITY, *NOUNS, *MODIFIERS, *VERBS, *ADVERBS, *DETERMINERS, *CONNECTIVES, NEGATION, END}
 )
 CLAUSE_SLOTS = ("det", "mod", "noun", "verb", "neg", "adv", "adj")  # rendering order
 
@@ -162,7 +127,7 @@ def token_scores(words: list[str], visible: list[bool] | None = None) -> np.ndar
     `not` negates the next sentiment adjective; adverbs (and hidden words, which in the
     generated language can only stand where an adverb does) let it pass; any other word
     cancels it. Hidden words (`visible[i]` False, i.e. masked by [UNK]) contribute 0 and a
-    hidden `not` negates nothing. The ground truth of the embedded task.
+    hidden `not` negates nothing. The sentiment function of the embedded task.
     """
     visible = visible or [True] * len(words)
     scores, negated = np.zeros(len(words)), False
@@ -176,7 +141,7 @@ def token_scores(words: list[str], visible: list[bool] | None = None) -> np.ndar
 
 
 def true_token_credit(prompt: str, response_tokens: list[str]) -> np.ndarray:
-    """Ground-truth credit of each response token (a word string); 0 for neutral words.
+    """Lexicon credit of each response token (a word string): its signed score, 0 for neutral words.
 
     The prompt is scanned first, so a prompt ending in `not` negates the response's first
     adjective. Special tokens such as [EOS] are neutral words here.
@@ -185,10 +150,43 @@ def true_token_credit(prompt: str, response_tokens: list[str]) -> np.ndarray:
     return token_scores(prompt_words + list(response_tokens))[len(prompt_words) :]
 
 
-# ---------------------------------------------------------------------------------------
-# Tokenizers: word level, whitespace split (so offsets exist), one shared vocabulary
-# ---------------------------------------------------------------------------------------
-def make_tokenizer(first_token: str, padding_side: str) -> PreTrainedTokenizerFast:
+def true_shapley_credit(prompt: str, response_tokens: list[str]) -> np.ndarray:
+    """Exact Shapley values of the embedded task's sentiment game over the response tokens.
+
+        v(S) = clip(sum token_scores(x + y, visible = x and S), -REWARD_CLIP, REWARD_CLIP)
+        phi_t = sum_{S not containing t} |S|! (n - |S| - 1)! / n! [v(S + t) - v(S)]   (Shapley 1953)
+
+    v is the target `train_reward_model` regresses the RM onto, clip included; the prompt x is
+    always visible. `not great`: v({great}) = 2, v({not}) = v({}) = 0, v(both) = -2, so phi =
+    (-2, 0). sum_t phi_t = v(all) - v(x alone). No closed form (a `not` reaches a later clause's
+    adjective once the words between are hidden; the clip couples all adjectives): exact
+    enumeration over the words that can change v, adjectives and non-adverbs from the first
+    `not` to the last adjective; the rest (adverbs, special tokens) are null players, phi = 0.
+    """
+    prompt_words = [w for w in prompt.split() if w not in SPECIAL_TOKENS]
+    words, start = prompt_words + list(response_tokens), len(prompt_words)
+    last_adj = max((i for i, w in enumerate(words) if w in POLARITY), default=-1)
+    first_not = words.index(NEGATION) if NEGATION in words else len(words)
+    between = [first_not <= i < last_adj and w not in ADVERBS + SPECIAL_TOKENS for i, w in enumerate(words)]
+    players = [i for i in range(start, len(words)) if words[i] in POLARITY or between[i]]
+    if len(players) > MAX_SHAPLEY_PLAYERS:
+        raise ValueError(f"{len(players)} players in {words}; at most {MAX_SHAPLEY_PLAYERS} are enumerated")
+    n, coalitions = len(players), np.arange(2 ** len(players))  # bit j: players[j] is visible
+    members = (coalitions[:, None] >> np.arange(n)) & 1 == 1  # (2^n, n)
+    visible = np.tile(np.arange(len(words)) < start, (2**n, 1))  # (2^n, L) the prompt always shown
+    visible[:, players] = members  # special tokens, never players, stay hidden (the RM never reads them)
+    values = np.clip([token_scores(words, row.tolist()).sum() for row in visible], -REWARD_CLIP, REWARD_CLIP)
+    weight = np.array([math.factorial(k) * math.factorial(n - k - 1) for k in range(n)]) / math.factorial(n)
+    phi = np.zeros(len(response_tokens))
+    for j, i in enumerate(players):
+        without = coalitions[~members[:, j]]  # coalitions S not containing player j
+        gain = values[without | 1 << j] - values[without]  # v(S + t) - v(S)
+        phi[i - start] = (weight[members[without].sum(1)] * gain).sum()
+    return phi
+
+
+# ---- Tokenizers: word level, whitespace split (so offsets exist), one shared vocabulary ----
+def make_tokenizer(first_token: str, padding_side: str) -> transformers.PreTrainedTokenizerFast:
     """A word-level tokenizer that puts `first_token` ([BOS] policy, [CLS] RM) in front."""
     vocab = {word: i for i, word in enumerate(VOCABULARY)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
@@ -196,108 +194,63 @@ def make_tokenizer(first_token: str, padding_side: str) -> PreTrainedTokenizerFa
     backend.post_processor = processors.TemplateProcessing(
         single=f"{first_token} $A", special_tokens=[(first_token, vocab[first_token])]
     )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        bos_token="[BOS]",
-        eos_token="[EOS]",
-        cls_token="[CLS]",
-        padding_side=padding_side,
-    )
+    names = {f"{name}_token": f"[{name.upper()}]" for name in ("pad", "unk", "bos", "eos", "cls")}
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, padding_side=padding_side, **names)
 
 
-# ---------------------------------------------------------------------------------------
-# Settings and the result
-# ---------------------------------------------------------------------------------------
+# ---- Settings and the result ----------------------------------------------------------
 @dataclass
 class TaskConfig:
-    seed: int = 0
-    """seed of the review generator and of both trainings"""
-    cache_dir: str = ".cache/task"
-    """folder where built models are saved and read back (keyed by these settings)"""
-    policy: str | None = None
-    """hub name or local path of a causal LM policy (None: the embedded SFT GPT-2)"""
-    reward_model: str | None = None
-    """hub name or local path of a sequence classifier RM (None: the embedded BERT)"""
-    prompts: str | None = None
-    """text file, one prompt per line, optionally `prompt<TAB>demonstration` (None: embedded)"""
-    n_reviews: int = 20000
-    """synthetic reviews to train the RM and the SFT policy on"""
-    n_train_prompts: int = 2048
-    """embedded training prompts"""
-    n_val_prompts: int = 256
-    """embedded held-out prompts (evaluation)"""
-    rm_steps: int = 1000
-    """RM optimiser steps (batch 128)"""
-    rm_mask_prob: float = 0.15
-    """probability that a word is replaced by [UNK] while training the RM"""
-    sft_steps: int = 300
-    """SFT optimiser steps (batch 64)"""
-    val_fraction: float = 0.1
-    """share of a prompts file held out for evaluation"""
+    seed: int = 0  # seed of the review generator and of both trainings
+    cache_dir: str = ".cache/task"  # where built models are saved and read back (keyed by these settings)
+    policy: str | None = None  # hub name or local path of a causal LM policy (None: the embedded GPT-2)
+    reward_model: str | None = None  # hub name or path of a sequence classifier RM (None: embedded BERT)
+    prompts: str | None = None  # file, one prompt per line, or `prompt<TAB>demonstration` (None: embedded)
+    n_reviews: int = 20000  # synthetic reviews to train the RM and the SFT policy on
+    n_train_prompts: int = 2048  # embedded training prompts
+    n_val_prompts: int = 256  # embedded held-out prompts (evaluation)
+    rm_steps: int = 1000  # RM optimiser steps (batch 128)
+    rm_mask_prob: float = 0.15  # probability that a word is replaced by [UNK] while training the RM
+    sft_steps: int = 300  # SFT optimiser steps (batch 64)
+    val_fraction: float = 0.1  # share of a prompts file held out for evaluation
 
 
 @dataclass
 class Task:
     policy: torch.nn.Module
-    policy_tokenizer: PreTrainedTokenizerFast
+    policy_tokenizer: transformers.PreTrainedTokenizerFast
     reward_model: torch.nn.Module
-    reward_tokenizer: PreTrainedTokenizerFast
+    reward_tokenizer: transformers.PreTrainedTokenizerFast
     train_prompts: list[str]
     val_prompts: list[str]
     demonstrations: dict[str, str]  # prompt -> demonstration response (with leading space)
-    embedded: bool  # True: the synthetic task, where `true_token_credit` is the truth
+    embedded: bool  # True: the synthetic task, where the truth of the credit is known
 
 
-# ---------------------------------------------------------------------------------------
-# Training the two embedded models
-# ---------------------------------------------------------------------------------------
-def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad id lists into (ids, attention_mask), both (B, L)."""
-    length = max(map(len, rows))
-    ids = torch.full((len(rows), length), pad_id)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-    return ids, (ids != pad_id).long()
-
-
+# ---- Training the two embedded models -------------------------------------------------
 def train_reward_model(reviews: list[list[str]], tokenizer, config: TaskConfig, rng) -> torch.nn.Module:
     """A tiny BERT classifier on randomly [UNK]-masked reviews.
 
     Its margin `logit_pos - logit_neg` is regressed (MSE) onto the sentiment of what stays
-    visible (`token_scores` with hidden words, clipped to +-8): a graded reward whose sign is
-    the label. Plain cross-entropy learns the same sign far more slowly at this size.
+    visible (`token_scores` with hidden words, clipped to +-REWARD_CLIP): a graded reward whose
+    sign is the label. Plain cross-entropy learns the same sign far more slowly at this size.
     """
-    model = BertForSequenceClassification(
-        BertConfig(
-            vocab_size=len(VOCABULARY),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            pad_token_id=0,
-            num_labels=2,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-            id2label={0: "NEGATIVE", 1: "POSITIVE"},
-            label2id={"NEGATIVE": 0, "POSITIVE": 1},
-            attn_implementation="eager",
-        )
-    )
+    size = dict(vocab_size=len(VOCABULARY), max_position_embeddings=64, pad_token_id=0, num_labels=2)
+    layers = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    labels = dict(id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
+    plain = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation="eager")
+    bert = transformers.BertConfig(**size, **layers, **labels, **plain)
+    model = transformers.BertForSequenceClassification(bert)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 5e-3, total_steps=config.rm_steps)
     model.train()
     for _ in range(config.rm_steps):
         batch = rng.sample(reviews, 128)
         visible = [[rng.random() >= config.rm_mask_prob for _ in words] for words in batch]
-        texts = [
-            " ".join(w if v else "[UNK]" for w, v in zip(words, seen)) for words, seen in zip(batch, visible)
-        ]
+        texts = [" ".join(w if v else "[UNK]" for w, v in zip(*pair)) for pair in zip(batch, visible)]
         target = torch.tensor([token_scores(w, v).sum() for w, v in zip(batch, visible)]).float()
         logits = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits  # (B, 2)
-        loss = F.mse_loss(logits[:, 1] - logits[:, 0], target.clamp(-8, 8))
+        loss = F.mse_loss(logits[:, 1] - logits[:, 0], target.clamp(-REWARD_CLIP, REWARD_CLIP))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -307,24 +260,17 @@ def train_reward_model(reviews: list[list[str]], tokenizer, config: TaskConfig, 
 
 def train_policy(reviews: list[list[str]], tokenizer, config: TaskConfig, rng) -> torch.nn.Module:
     """A tiny GPT-2 trained by next-token prediction on `[BOS] review . [EOS]`."""
-    model = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=len(VOCABULARY),
-            n_positions=64,
-            n_embd=128,
-            n_layer=2,
-            n_head=4,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    size = dict(vocab_size=len(VOCABULARY), n_positions=64, n_embd=128, n_layer=2, n_head=4)
+    ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**size, **ids))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=config.sft_steps)
     encoded = [tokenizer(" ".join(words))["input_ids"] + [tokenizer.eos_token_id] for words in reviews]
     model.train()
     for _ in range(config.sft_steps):
-        ids, mask = pad_batch(rng.sample(encoded, 64), tokenizer.pad_token_id)  # (B, L)
+        rows = [torch.tensor(row) for row in rng.sample(encoded, 64)]
+        ids = torch.nn.utils.rnn.pad_sequence(rows, True, tokenizer.pad_token_id)  # (B, L) right-padded
+        mask = (ids != tokenizer.pad_token_id).long()  # (B, L)
         loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
         optimizer.zero_grad()
         loss.backward()
@@ -342,34 +288,27 @@ def make_prompts(n: int, rng: random.Random) -> tuple[list[str], dict[str, str]]
     prompts, demonstrations = [], {}
     while len(prompts) < n:
         first = random_clause(rng)
-        n_words = rng.choice((2, 3, 4))
-        present = [slot for slot in CLAUSE_SLOTS if first[slot] is not None][:n_words]
+        present = [slot for slot in CLAUSE_SLOTS if first[slot] is not None][: rng.choice((2, 3, 4))]
         fixed = {slot: first[slot] for slot in CLAUSE_SLOTS[: CLAUSE_SLOTS.index(present[-1]) + 1]}
         prompt = " ".join(first[slot] for slot in present)
         if prompt in demonstrations:
             continue
-        while True:
+        words = random_review(rng, fixed)
+        while token_scores(words).sum() <= 0:
             words = random_review(rng, fixed)
-            if token_scores(words).sum() > 0:
-                break
         prompts.append(prompt)
         demonstrations[prompt] = " " + " ".join(words[len(present) :])
     return prompts, demonstrations
 
 
-# ---------------------------------------------------------------------------------------
-# Loading: one path for the embedded cache, hub names and local folders
-# ---------------------------------------------------------------------------------------
+# ---- Loading: one path for the embedded cache, hub names and local folders ------------
 def load_pretrained(loader, name_or_path: str, what: str, **kwargs):
     """`loader.from_pretrained` with an error that says what went wrong, not a deep traceback."""
     try:
         return loader.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as error:
-        where = (
-            "the local folder exists but holds no loadable"
-            if os.path.isdir(name_or_path)
-            else "it is not a local folder, and not in the local hub cache (is the network off?): no"
-        )
+        where = "it is not a local folder, and not in the local hub cache (is the network off?): no"
+        where = "the local folder exists but holds no loadable" if os.path.isdir(name_or_path) else where
         raise ValueError(
             f"cannot load the {what} {name_or_path!r}: {where} {what} "
             f"({type(error).__name__}: {str(error).splitlines()[0]})"
@@ -377,18 +316,19 @@ def load_pretrained(loader, name_or_path: str, what: str, **kwargs):
 
 
 def load_policy(name_or_path: str):
-    tokenizer = load_pretrained(AutoTokenizer, name_or_path, "policy tokenizer", padding_side="left")
+    tokenizer = load_pretrained(
+        transformers.AutoTokenizer, name_or_path, "policy tokenizer", padding_side="left"
+    )
     if tokenizer.pad_token is None:  # GPT-2 has none: pad with EOS, masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
-    return load_pretrained(AutoModelForCausalLM, name_or_path, "policy").eval(), tokenizer
+    return load_pretrained(transformers.AutoModelForCausalLM, name_or_path, "policy").eval(), tokenizer
 
 
 def load_reward_model(name_or_path: str):
-    """Eager attention: the default SDPA kernel returns no attention maps (DESIGN.md section 6)."""
-    model = load_pretrained(
-        AutoModelForSequenceClassification, name_or_path, "reward model", attn_implementation="eager"
-    )
-    tokenizer = load_pretrained(AutoTokenizer, name_or_path, "reward tokenizer")
+    """Eager attention: the default SDPA kernel returns no attention maps."""
+    loader = transformers.AutoModelForSequenceClassification
+    model = load_pretrained(loader, name_or_path, "reward model", attn_implementation="eager")
+    tokenizer = load_pretrained(transformers.AutoTokenizer, name_or_path, "reward tokenizer")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -410,9 +350,8 @@ def read_prompts(path: str, val_fraction: float) -> tuple[list[str], list[str], 
 
 
 def cache_folder(config: TaskConfig) -> str:
-    settings = {
-        k: v for k, v in asdict(config).items() if k not in ("cache_dir", "policy", "reward_model", "prompts")
-    }
+    ignored = ("cache_dir", "policy", "reward_model", "prompts")  # not part of what is built
+    settings = {k: v for k, v in asdict(config).items() if k not in ignored}
     key = hashlib.sha1(
         json.dumps({**settings, "version": CACHE_VERSION}, sort_keys=True).encode()
     ).hexdigest()
@@ -441,16 +380,10 @@ def build_embedded(folder: str, config: TaskConfig) -> None:
     policy_tokenizer.save_pretrained(os.path.join(partial, "policy"))
     reward_model.save_pretrained(os.path.join(partial, "reward_model"))
     reward_tokenizer.save_pretrained(os.path.join(partial, "reward_model"))
+    train, val = prompts[: config.n_train_prompts], prompts[config.n_train_prompts :]
+    stored = dict(train=train, val=val, demonstrations=demonstrations, build_seconds=time.time() - start)
     with open(os.path.join(partial, "prompts.json"), "w") as file:
-        json.dump(
-            {
-                "train": prompts[: config.n_train_prompts],
-                "val": prompts[config.n_train_prompts :],
-                "demonstrations": demonstrations,
-                "build_seconds": time.time() - start,
-            },
-            file,
-        )
+        json.dump(stored, file)
     try:
         os.rename(partial, folder)  # atomic: a crash never leaves a half-written cache behind
     except OSError:  # another process finished first; its result is identical
@@ -475,29 +408,16 @@ def build_task(config: TaskConfig) -> Task:
         train_prompts, val_prompts, demonstrations = stored["train"], stored["val"], stored["demonstrations"]
     if config.prompts is not None:
         train_prompts, val_prompts, demonstrations = read_prompts(config.prompts, config.val_fraction)
-    policy, policy_tokenizer = load_policy(config.policy or policy_path)
-    reward_model, reward_tokenizer = load_reward_model(config.reward_model or reward_path)
-    return Task(
-        policy,
-        policy_tokenizer,
-        reward_model,
-        reward_tokenizer,
-        train_prompts,
-        val_prompts,
-        demonstrations,
-        embedded,
-    )
+    policy = load_policy(config.policy or policy_path)
+    reward_model = load_reward_model(config.reward_model or reward_path)
+    return Task(*policy, *reward_model, train_prompts, val_prompts, demonstrations, embedded)
 
 
-# ---------------------------------------------------------------------------------------
-# The reward: one scalar per (prompt, response)
-# ---------------------------------------------------------------------------------------
+# ---- The reward: one scalar per (prompt, response) ------------------------------------
 def positive_label(reward_model) -> int:
     """Index of the positive class: a label named like 'pos…' if there is one, else 1."""
-    for label, index in reward_model.config.label2id.items():
-        if label.lower().startswith("pos"):
-            return int(index)
-    return 1
+    labels = reward_model.config.label2id.items()
+    return next((int(index) for label, index in labels if label.lower().startswith("pos")), 1)
 
 
 @torch.no_grad()
@@ -513,7 +433,6 @@ def score(
         raise ValueError(f"got {len(prompts)} prompts for {len(responses)} responses")
     texts = [p + r for p, r in zip(prompts, responses)]
     limit = getattr(reward_model.config, "max_position_embeddings", None) or reward_tokenizer.model_max_length
-    device = next(reward_model.parameters()).device
     scores = []
     for start in range(0, len(texts), batch_size):
         enc = reward_tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True)
@@ -524,10 +443,7 @@ def score(
                 f"text {texts[longest]!r} has {int(lengths.max())} reward-model tokens; "
                 f"the reward model reads at most {limit}"
             )
-        logits = reward_model(**enc.to(device)).logits.float()  # (b, labels)
-        if logits.shape[1] == 1:
-            scores.append(logits[:, 0])
-        else:
-            pos = positive_label(reward_model)
-            scores.append(logits[:, pos] - logits[:, 1 - pos])
+        logits = reward_model(**enc.to(reward_model.device)).logits.float()  # (b, labels)
+        pos = positive_label(reward_model)
+        scores.append(logits[:, 0] if logits.shape[1] == 1 else logits[:, pos] - logits[:, 1 - pos])
     return torch.cat(scores).cpu()

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 import report
@@ -75,6 +76,15 @@ def test_smoke_summary_says_so_and_prints_no_target():
     assert "Smoke run" in text and "target" not in text
     assert "| sparse-seedling | sparse 1.00 | +5.00 | 5.00 |" in text
     assert "| bo-best-seed2 |" in text and "| never |" in text  # never reaches sparse's KL
+
+
+def test_fidelity_pools_real_tokens_only():
+    mask = np.array([[1, 1, 0], [1, 1, 1]])
+    truth = np.array([[1.0, 2.0, 9.0], [3.0, 4.0, 5.0]])
+    # 2x + 1 on every real token, nonsense on padding: perfectly faithful
+    assert np.isclose(report.fidelity(2 * truth + 1 + np.array([[0, 0, -99], [0, 0, 0]]), truth, mask), 1.0)
+    # real pairs (1, 1), (2, 0), (3, 1), (4, 0), (5, 1): means 3 and 0.6, covariance sum 0, so r = 0
+    assert np.isclose(report.fidelity(np.array([[1, 0, 7], [1, 0, 1]]), truth, mask), 0.0)
 
 
 def test_colour_sign_and_scale():

@@ -1,5 +1,7 @@
 """The embedded task: tokenizer, ground truth, reward model, SFT policy, cache and loaders."""
 
+import itertools
+import math
 import os
 import random
 
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import reward_attribution as ra
 import task
 
 SMALL = dict(n_reviews=400, n_train_prompts=8, n_val_prompts=4, rm_steps=3, sft_steps=3)
@@ -43,6 +46,87 @@ def test_masked_words_carry_no_sentiment():
     assert task.token_scores(words).sum() == -2
     assert task.token_scores(words, [True, True, True, False, True, True]).sum() == 2  # hidden `not`
     assert task.token_scores(words, [True, True, True, True, False, True]).sum() == 0  # hidden adjective
+
+
+def test_true_shapley_credit_by_hand():
+    # `not great`, prompt always shown: v({}) = 0, v({great}) = 2, v({not}) = 0, v({not, great}) = -2
+    # phi_not   = 1/2 [(v({not}) - v({})) + (v({not, great}) - v({great}))] = 1/2 [0 - 4] = -2
+    # phi_great = 1/2 [(v({great}) - v({})) + (v({not, great}) - v({not}))] = 1/2 [2 - 2] = 0
+    assert np.allclose(task.true_shapley_credit("the plot was", ["not", "great", "."]), [-2, 0, 0])
+    # a `not` in the prompt is always shown: v({}) = 0, v({great}) = -2, so `great` takes all of it
+    # (the adverb between passes the negation whether shown or hidden: a null player)
+    assert np.allclose(task.true_shapley_credit("the plot was not", ["very", "great", "."]), [0, -2, 0])
+    # no `not`: the game is additive, so the Shapley values are the lexicon values
+    response = "was good and the acting was superb .".split()
+    assert np.allclose(
+        task.true_shapley_credit("the plot", response), task.true_token_credit("the plot", response)
+    )
+    # the RM's target is clipped to +-8: v = min(3 |S|, 8) over three symmetric 3s gives 8/3 each
+    response = "superb and the acting was stunning and the score was brilliant .".split()
+    credit = task.true_shapley_credit("the plot was", response)
+    assert np.allclose(credit[[0, 5, 10]], 8 / 3) and np.allclose(np.delete(credit, [0, 5, 10]), 0)
+
+
+def reference_shapley(prompt: str, response: list[str]) -> np.ndarray:
+    """Every response token a player (null ones too), the Shapley sum over all subsets."""
+    n, words = len(response), prompt.split() + response
+    shown = [word not in task.SPECIAL_TOKENS for word in response]
+
+    def value(subset):
+        visible = [True] * (len(words) - n) + [shown[i] and i in subset for i in range(n)]
+        return float(np.clip(task.token_scores(words, visible).sum(), -8, 8))
+
+    phi = np.zeros(n)
+    for t, k in itertools.product(range(n), range(n)):
+        for subset in itertools.combinations([i for i in range(n) if i != t], k):
+            weight = math.factorial(k) * math.factorial(n - k - 1) / math.factorial(n)
+            phi[t] += weight * (value({*subset, t}) - value(set(subset)))
+    return phi
+
+
+def test_true_shapley_credit_matches_full_enumeration_and_is_efficient():
+    rng = random.Random(7)
+    for _ in range(40):
+        words = task.random_review(rng)
+        cut = rng.randint(0, 4)
+        prompt, response = " ".join(words[:cut]), words[cut:][:9] + ["[EOS]"] * rng.randint(0, 1)
+        credit = task.true_shapley_credit(prompt, response)
+        assert np.allclose(credit, reference_shapley(prompt, response), atol=1e-9)
+        # efficiency: sum_t phi_t = v(all) - v(prompt alone)
+        full, alone = (np.clip(task.token_scores(w).sum(), -8, 8) for w in (words[: cut + 9], words[:cut]))
+        assert np.isclose(credit.sum(), full - alone)
+    with pytest.raises(ValueError, match="at most 16"):
+        task.true_shapley_credit("", ["not", "great", "the"] * 6)
+
+
+@torch.no_grad()
+def test_exact_shapley_of_the_rm_tracks_the_true_game(embedded_task):
+    """A regression test of the RM build: it must have learnt the game, not only the labels."""
+    tokenizer = embedded_task.policy_tokenizer
+    prompts = embedded_task.val_prompts[:16]
+    encoded = tokenizer(prompts, padding=True, return_tensors="pt")
+    torch.manual_seed(0)
+    output = embedded_task.policy.generate(
+        **encoded, do_sample=True, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id
+    )
+    response_ids = output[:, encoded["input_ids"].shape[1] :]  # (B, T)
+    is_eos = (response_ids == tokenizer.eos_token_id).long()
+    response_mask = (is_eos.cumsum(1) - is_eos == 0).long()  # up to and including the first EOS
+
+    def reward_fn(prompt_texts, responses):
+        return task.score(embedded_task.reward_model, embedded_task.reward_tokenizer, prompt_texts, responses)
+
+    config = ra.AttributionConfig(shap_backend="exact")
+    phi, _ = ra.attribute(
+        "shap", tokenizer, encoded["input_ids"], response_ids, response_mask, reward_fn, config
+    )
+    truth = torch.zeros(response_mask.shape)
+    for i, (prompt, row, n) in enumerate(zip(prompts, response_ids.tolist(), response_mask.sum(1).tolist())):
+        truth[i, :n] = torch.tensor(
+            task.true_shapley_credit(prompt, tokenizer.convert_ids_to_tokens(row[:n]))
+        )
+    real = response_mask.bool()
+    assert np.corrcoef(phi[real].numpy(), truth[real].numpy())[0, 1] >= 0.9
 
 
 def test_generator_is_seeded_and_never_ties():
