@@ -9,6 +9,7 @@ fields, never by parsing names. It imports no stage, so run.py stays the algorit
 
 import csv
 import html
+import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
-SHOWN = ("truth", "sparse", "uniform", "abc", "shap", "lime", "bo-best")  # rows of tokens.html
+SHOWN = (
+    "Shapley truth",
+    "lexicon",
+    "sparse",
+    "uniform",
+    "abc",
+    "shap",
+    "lime",
+    "bo-best",
+)  # rows of tokens.html
 KINDS = ("baseline", "trial", "confirm")
 
 
@@ -77,6 +87,19 @@ class Arm:
         return cls(**payload)
 
 
+def read_json(path: str):
+    with open(path) as file:
+        return json.load(file)
+
+
+def write_json(path: str, payload) -> None:
+    """Write to a temporary file, then rename: a crash never leaves a half-written result."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as file:
+        json.dump(payload, file, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def reward_at_kl(curve: list[dict], kl: float) -> float | None:
     """Held-out reward where the trajectory first reaches `kl`, linear between evaluations.
 
@@ -121,6 +144,11 @@ def fidelity(credit: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
     """Pearson correlation of two (B, T) credits pooled over the real tokens (mask (B, T) != 0)."""
     real = np.asarray(mask) != 0
     return float(np.corrcoef(np.asarray(credit)[real], np.asarray(truth)[real])[0, 1])
+
+
+def fidelity_text(by_truth: dict | None) -> str:
+    """ "0.92 / 0.71": fidelity against the Shapley truth / the lexicon, or "–" with no truth."""
+    return " / ".join(f"{by_truth[t]:.2f}" for t in ("Shapley truth", "lexicon")) if by_truth else "–"
 
 
 def number(value: float | None, fmt: str = "+.2f", missing: str = "–") -> str:
@@ -170,8 +198,8 @@ def confirmation(arms: dict[str, Arm], matched: dict) -> str:
 def summary_table(arms: dict[str, Arm], best_weights: dict, fidelity: dict, smoke: bool = False) -> str:
     matched = matched_kl_rewards(arms)
     lines = [
-        "| arm | weights | final reward | held-out KL | J | AUC | reward at sparse's KL | credit fidelity "
-        "| seconds |",
+        "| arm | weights | final reward | held-out KL | J | AUC | reward at sparse's KL "
+        "| credit fidelity (Shapley / lexicon) | seconds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     sparse_seeds = {arm.seed for arm in arms.values() if arm.group == "sparse"}
@@ -180,7 +208,7 @@ def summary_table(arms: dict[str, Arm], best_weights: dict, fidelity: dict, smok
         lines.append(
             f"| {name} | {weights_text(arm.weights)} | {arm.final:+.2f} | {arm.final_kl:.2f} | "
             f"{arm.objective:+.2f} | {arm.auc:+.2f} | {at_kl} | "
-            f"{number(fidelity.get(name), '.2f')} | {arm.seconds:.0f} |"
+            f"{fidelity_text(fidelity.get(name))} | {arm.seconds:.0f} |"
         )
     kl_coef = next(iter(arms.values())).kl_coef
     header = "## Results\n\n"
@@ -192,7 +220,9 @@ def summary_table(arms: dict[str, Arm], best_weights: dict, fidelity: dict, smok
         "over the evaluations after the start. AUC: mean held-out reward over the same evaluations. "
         "Reward at sparse's KL: the arm's held-out reward, interpolated along its own trajectory, at the "
         "KL that sparse ends with at the same seed (never: it never got there). Credit fidelity: "
-        "correlation of the arm's shaped reward r'_t with the ground-truth token credit on SFT responses."
+        "Pearson correlation of the arm's shaped reward r'_t with the true game's Shapley values / with "
+        "the lexicon credit, over the tokens of SFT responses (RM and explainer together; the benchmark "
+        "bench_attribution.py separates the two)."
         "\n\n"
         + "\n".join(lines)
         + f"\n\nBest BO weights: {weights_text(best_weights)}\n\n"
@@ -252,13 +282,16 @@ def colour(value: float, scale: float) -> str:
 
 
 def write_tokens(out: str, credit: dict, n_examples: int = 8) -> None:
-    rows = {"truth": credit["truth"], **credit["credit"]} if credit["truth"] is not None else credit["credit"]
+    rows = {**credit["truths"], **credit["credit"]}
     parts = [
         "<html><head><meta charset='utf-8'><title>Token credit</title><style>"
         "body{font-family:sans-serif} td{padding:2px 5px} td.m{font-weight:bold;text-align:right}"
         "</style></head><body><h1>The credit each method gives each response token</h1>"
         "<p>Green: positive reward, red: negative; opacity relative to the row's largest value. "
-        "Hover a token for its value. <i>truth</i> is the embedded task's ground-truth credit.</p>"
+        "Hover a token for its value. Two truths (embedded task only): <i>Shapley truth</i>, the exact "
+        "Shapley values of the task's sentiment game, what SHAP on a perfect reward model returns (for "
+        "<i>not great</i>: all the negative credit on <i>not</i>, none on <i>great</i>); <i>lexicon</i>, "
+        "each adjective its signed strength and <i>not</i> nothing, what a person would point at.</p>"
     ]
     for i, tokens in enumerate(credit["tokens"][:n_examples]):
         parts.append(f"<h3>{html.escape(credit['prompts'][i])} …</h3><table>")

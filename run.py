@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import copy
 import fcntl
-import json
 import math
 import os
 import sys
@@ -139,7 +138,7 @@ def parse_options(argv=None) -> Options:
             parser.error(f"{what} file {path!r} does not exist")
     if options.weights is not None:
         try:
-            shaping.check_weights(read_json(options.weights))
+            shaping.check_weights(report.read_json(options.weights))
         except (ValueError, AttributeError) as error:
             parser.error(f"--weights file {options.weights!r}: {error}")
     return options
@@ -188,7 +187,7 @@ def build_setup(options: Options) -> Setup:
             mask_string=mask_string or reward_tokenizer.unk_token,
             lime_samples=options.lime_samples,
             seed=options.seed,
-        ),
+        ),  # fmt: skip
         ppo_config=ppo.PPOConfig(**{name: getattr(options, name) for name in SHARED_WITH_PPO}),
     )
 
@@ -225,14 +224,11 @@ def evaluate(trainer: ppo.PPOTrainer, setup: Setup, options: Options) -> dict[st
     """
     prompts = setup.task.val_prompts[: options.eval_prompts]
     enc = setup.tokenizer(prompts, return_tensors="pt", padding=True)
-    response_ids, response_mask = trainer.generate(enc["input_ids"], enc["attention_mask"])
-    _, pieces = reward_attribution.response_texts(
-        setup.tokenizer, enc["input_ids"], response_ids, response_mask
-    )
+    prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
+    response_ids, response_mask = trainer.generate(prompt_ids, prompt_mask)
+    _, pieces = reward_attribution.response_texts(setup.tokenizer, prompt_ids, response_ids, response_mask)
     reward = setup.reward_fn(prompts, ["".join(p) for p in pieces]).mean().item()
-    batch = [
-        t.to(trainer.device) for t in (enc["input_ids"], enc["attention_mask"], response_ids, response_mask)
-    ]
+    batch = [t.to(trainer.device) for t in (prompt_ids, prompt_mask, response_ids, response_mask)]
     logprobs, _, _ = ppo.response_logprobs(trainer.policy, *batch, trainer.config.temperature)  # (B, T)
     ref_logprobs, _, _ = ppo.response_logprobs(trainer.ref_policy, *batch, trainer.config.temperature)
     log_ratio = (logprobs - ref_logprobs) * batch[3]  # (B, T), zero outside the response
@@ -259,9 +255,7 @@ def train_arm(arm: Arm, setup: Setup, options: Options, rcfd: bool = False) -> A
         if iteration % options.eval_every == 0 or iteration == options.iterations:
             point = {"iteration": iteration, **evaluate(trainer, setup, options), "train_kl": train_kl}
             if not all(math.isfinite(v) for v in point.values()):
-                raise RuntimeError(
-                    f"arm {arm.name}: a non-finite evaluation at iteration {iteration}: {point}"
-                )
+                raise RuntimeError(f"arm {arm.name}, iteration {iteration}: a non-finite evaluation {point}")
             arm.curve.append(point)
         if iteration == options.iterations:
             break
@@ -275,7 +269,7 @@ def train_arm(arm: Arm, setup: Setup, options: Options, rcfd: bool = False) -> A
         )
         train_kl = trainer.update(rollout, shaping.shape(components, arm.weights), scores)["kl"]
     arm.seconds = time.time() - start
-    write_json(arm_path(options, arm.name), arm.to_json())
+    report.write_json(arm_path(options, arm.name), arm.to_json())
     return arm
 
 
@@ -283,7 +277,7 @@ def finished_or_trained(arm: Arm, setup: Setup, options: Options, rcfd: bool = F
     """The arm's file from an earlier, interrupted run if it holds these weights and seed; else train it."""
     path = arm_path(options, arm.name)
     if os.path.exists(path):
-        finished = Arm.from_json(read_json(path))
+        finished = Arm.from_json(report.read_json(path))
         if finished.weights == arm.weights and finished.seed == arm.seed:
             return finished
     return train_arm(arm, setup, options, rcfd)
@@ -292,8 +286,11 @@ def finished_or_trained(arm: Arm, setup: Setup, options: Options, rcfd: bool = F
 def credit_examples(setup: Setup, options: Options, arm_weights: dict) -> dict:
     """The credit each arm's weights give the tokens of SFT responses to held-out prompts.
 
-    Fidelity = Pearson correlation of r'_t with the ground-truth credit over all real tokens
-    (embedded task only; None elsewhere).
+    On the embedded task each arm's shaped reward r'_t is scored against two truths by Pearson
+    correlation over all real tokens (end-to-end fidelity: RM and explainer together):
+      "Shapley truth"  exact Shapley values of the task's true sentiment game (what SHAP on a
+                       perfect RM returns: for `not great`, -2 on `not` and 0 on `great`)
+      "lexicon"        each adjective its signed strength, `not` nothing (what a person points at)
     """
     prompts = setup.task.val_prompts[: options.eval_prompts]
     enc = setup.tokenizer(prompts, return_tensors="pt", padding=True)
@@ -312,18 +309,22 @@ def credit_examples(setup: Setup, options: Options, arm_weights: dict) -> dict:
     }  # (B, T) each
     lengths = response_mask.sum(1).tolist()
     tokens = [setup.tokenizer.convert_ids_to_tokens(row[: int(n)]) for row, n in zip(response_ids, lengths)]
-    real = response_mask.bool()
-    truth, fidelity = None, {name: None for name in credit}
+    truths = {}
     if setup.task.embedded:
-        truth = torch.zeros_like(response_mask, dtype=torch.float32)
-        for i, (prompt, words) in enumerate(zip(prompts, tokens)):
-            truth[i, : len(words)] = torch.tensor(task.true_token_credit(prompt, words))
-        fidelity = {
-            name: float(np.corrcoef(values[real], truth[real])[0, 1]) for name, values in credit.items()
-        }
+        for truth, credit_of in (
+            ("Shapley truth", task.true_shapley_credit),
+            ("lexicon", task.true_token_credit),
+        ):
+            truths[truth] = torch.zeros_like(response_mask, dtype=torch.float32)  # (B, T)
+            for i, (prompt, words) in enumerate(zip(prompts, tokens)):
+                truths[truth][i, : len(words)] = torch.tensor(credit_of(prompt, words))
+    fidelity = {
+        name: {truth: report.fidelity(values, rows, response_mask) for truth, rows in truths.items()}
+        for name, values in credit.items()
+    }
     credit = {name: values.tolist() for name, values in credit.items()}
-    truth = None if truth is None else truth.tolist()
-    return {"prompts": prompts, "tokens": tokens, "fidelity": fidelity, "credit": credit, "truth": truth}
+    truths = {truth: rows.tolist() for truth, rows in truths.items()}
+    return {"prompts": prompts, "tokens": tokens, "fidelity": fidelity, "credit": credit, "truths": truths}
 
 
 # ---------------------------------------------------------------------------------------
@@ -333,33 +334,19 @@ def arm_path(options: Options, name: str) -> str:
     return os.path.join(options.out, "arms", f"{name}.json")
 
 
-def read_json(path: str):
-    with open(path) as file:
-        return json.load(file)
-
-
-def write_json(path: str, payload) -> None:
-    """Write to a temporary file, then rename: a crash never leaves a half-written result."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as file:
-        json.dump(payload, file, indent=1)
-    os.replace(path + ".tmp", path)
-
-
 def claim_output_folder(options: Options) -> None:
     """Write config.json, or exit if the folder holds finished arms trained with other options."""
-    config_path = os.path.join(options.out, "config.json")
-    arms_folder = os.path.join(options.out, "arms")
-    has_arms = os.path.isdir(arms_folder) and any(n.endswith(".json") for n in os.listdir(arms_folder))
-    if os.path.exists(config_path) and has_arms:
-        before = read_json(config_path)
-        now = asdict(options)
+    config_path, arms_folder = os.path.join(options.out, "config.json"), os.path.join(options.out, "arms")
+    finished = (
+        [n for n in os.listdir(arms_folder) if n.endswith(".json")] if os.path.isdir(arms_folder) else []
+    )
+    if os.path.exists(config_path) and finished:
+        before, now = report.read_json(config_path), asdict(options)
         changed = {k: (before.get(k), now[k]) for k in EXPERIMENT_OPTIONS if before.get(k) != now[k]}
         if changed:
             fail(f"{options.out!r} holds a run with other options {changed} (old, new); pick another --out")
-    if has_arms:
-        print(f"resuming: {len(os.listdir(arms_folder))} finished arms found in {options.out}")
-    write_json(config_path, asdict(options))
+        print(f"resuming: {len(finished)} finished arms found in {options.out}")
+    report.write_json(config_path, asdict(options))
 
 
 def fail(message: str):
@@ -417,7 +404,7 @@ def experiment(setup: Setup, options: Options) -> dict:
         print("RCfD skipped: not every training prompt has a demonstration")
         del baselines["rcfd"]
     if options.weights is not None:
-        baselines["custom"] = read_json(options.weights)
+        baselines["custom"] = report.read_json(options.weights)
     for name, weights in tqdm(baselines.items(), desc="baselines", disable=None):
         arm = Arm(name, "baseline", name, weights, options.seed, **new_arm)
         arms[name] = finished_or_trained(arm, setup, options, rcfd=name == "rcfd")
@@ -426,19 +413,17 @@ def experiment(setup: Setup, options: Options) -> dict:
     #    The baselines that are points of the same simplex were trained with the same seed and
     #    budget: they are told first, as free observations of J.
     components = options.components.split(",")
-    optimizer = bayes_opt.BayesOpt(
-        components, log_path=os.path.join(options.out, "trials.jsonl"), seed=options.seed
-    )
+    log_path = os.path.join(options.out, "trials.jsonl")
+    optimizer = bayes_opt.BayesOpt(components, log_path=log_path, seed=options.seed)
     told = {trial["info"]["arm"] for trial in optimizer.trials}
     for name, arm in arms.items():
         if name != "rcfd" and name not in told and set(arm.weights) <= set(components):
             tell(optimizer, components, arm, options)
     n_baselines = sum(trial["info"]["arm"] in baselines for trial in optimizer.trials)
     for trial in optimizer.trials[n_baselines:]:  # BO trials finished before a resume
-        arms[trial["info"]["arm"]] = Arm.from_json(read_json(arm_path(options, trial["info"]["arm"])))
+        arms[trial["info"]["arm"]] = Arm.from_json(report.read_json(arm_path(options, trial["info"]["arm"])))
     for k in tqdm(range(len(optimizer.trials) - n_baselines, options.trials), desc="BO trials", disable=None):
-        # A seed of its own per trial: J(w) is noisy over seeds, which is what the GP models.
-        # The trial is named by its line in trials.jsonl.
+        # A seed of its own per trial (J(w) is noisy over seeds, which the GP models); named by its log line.
         name = f"trial-{len(optimizer.trials)}"
         arm = Arm(name, "trial", "trial", optimizer.ask(), options.seed + TRIAL_SEED_OFFSET + k, **new_arm)
         arms[name] = finished_or_trained(arm, setup, options)
@@ -446,9 +431,8 @@ def experiment(setup: Setup, options: Options) -> dict:
     best_weights, _ = optimizer.best()
 
     # 3. Confirm: the best weights and sparse again, at fresh seeds.
-    for seed in tqdm(
-        range(options.seed + 1, options.seed + 1 + options.confirm_seeds), desc="confirm", disable=None
-    ):
+    fresh_seeds = range(options.seed + 1, options.seed + 1 + options.confirm_seeds)
+    for seed in tqdm(fresh_seeds, desc="confirm", disable=None):
         for group, weights in [("bo-best", best_weights), ("sparse", BASELINES["sparse"])]:
             arm = Arm(f"{group}-seed{seed}", "confirm", group, weights, seed, **new_arm)
             arms[arm.name] = finished_or_trained(arm, setup, options)
@@ -458,10 +442,7 @@ def experiment(setup: Setup, options: Options) -> dict:
     credit = credit_examples(setup, options, {**arm_weights, "bo-best": best_weights})
     summary = report.write_all(options.out, arms, best_weights, credit, smoke=options.quick)
     print(summary)
-    files = ", ".join(
-        os.path.join(options.out, f) for f in ("summary.md", "curves.png", "frontier.png", "tokens.html")
-    )
-    print(f"results: {files}")
+    print(f"results in {options.out}: summary.md, curves.png, frontier.png, tokens.html, curves.csv")
     return {"arms": arms, "best_weights": best_weights}
 
 

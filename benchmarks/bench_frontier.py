@@ -51,7 +51,7 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
         args.kl_coefs = [float(k) for k in args.kl_coefs.split(",")]
     except ValueError:
         parser.error(f"--kl-coefs {args.kl_coefs!r}: expected comma-separated numbers")
-    args.weights = run.read_json(args.weights) if args.weights else BEST_WEIGHTS
+    args.weights = report.read_json(args.weights) if args.weights else BEST_WEIGHTS
     try:
         shaping.check_weights(args.weights)
     except (ValueError, AttributeError) as error:

@@ -55,12 +55,14 @@ def test_quick_run_writes_every_artifact(tmp_path, task_cache):
         float(row["kl"]) == 0 for row in rows if row["iteration"] == "0"
     )  # the policy is its reference
     page = (out / "tokens.html").read_text()
-    for method in ("truth", "sparse", "uniform", "abc", "shap", "lime", "bo-best"):
+    for method in ("Shapley truth", "lexicon", "sparse", "uniform", "abc", "shap", "lime", "bo-best"):
         assert f">{method}</td>" in page
     summary = (out / "summary.md").read_text()
     assert all(f"| {arm} |" in summary for arm in arms)
     assert "Smoke run" in summary and "target" not in summary
     assert "| arm | weights | final reward | held-out KL | J | AUC | reward at sparse's KL |" in summary
+    fidelity = summary.split("| shap | shap 1.00 |")[1].split("|")[5].split(" / ")
+    assert len(fidelity) == 2 and all(-1 <= float(f) <= 1 for f in fidelity)  # Shapley truth / lexicon
     assert "bo-best - sparse, paired by seed" in summary
     for picture in ("curves.png", "frontier.png"):
         assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -172,7 +174,7 @@ def test_a_folder_holding_a_run_with_other_training_options_is_refused(tmp_path,
     # a config but no finished arm (a start that failed early): new options are welcome
     run.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--learning-rate", "3e-4"]))
     run.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))
-    run.write_json(str(tmp_path / "arms" / "sparse.json"), {})
+    run.report.write_json(str(tmp_path / "arms" / "sparse.json"), {})
     run.claim_output_folder(
         run.parse_options(["--out", str(tmp_path), "--threads", "1"])
     )  # not the experiment
@@ -310,5 +312,5 @@ def test_quick_run_on_a_real_model_pair_with_different_tokenizers(tmp_path):
     }
     assert not (tmp_path / "cache").exists()  # nothing embedded was built
     page = (out / "tokens.html").read_text()
-    assert ">abc</td>" in page and ">truth</td>" not in page  # no ground truth outside the embedded task
+    assert ">abc</td>" in page and ">lexicon</td>" not in page  # no ground truth outside the embedded task
     assert "| shap | shap 1.00 |" in (out / "summary.md").read_text()
