@@ -17,7 +17,8 @@ References:
   and "The N Implementation Details of RLHF with PPO", https://arxiv.org/abs/2403.17031.
 - Schulman 2020, "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html (k1, k3).
 
-Shapes: B responses, P prompt length (left-padded), T longest response (right-padded).
+Shapes: B responses, P prompt length (left-padded), T longest response (right-padded),
+H hidden size, V vocabulary.
 `response_mask (B, T)` is 1 on real response tokens up to and including EOS; every per-token
 tensor is zero outside it.
 """
@@ -33,54 +34,30 @@ import torch.nn.functional as F
 
 @dataclass
 class PPOConfig:
-    batch_size: int = 64
-    """prompts per PPO iteration (the caller samples this many)"""
-    minibatch_size: int = 16
-    """responses per gradient step"""
-    ppo_epochs: int = 4
-    """passes over the batch per iteration"""
-    learning_rate: float = 1e-4
-    """AdamW learning rate, shared by the policy and the value head"""
-    gamma: float = 1.0
-    """discount; 1 keeps every return equal to the undiscounted sum of rewards"""
-    lam: float = 0.95
-    """GAE lambda (Schulman et al. 2016)"""
-    clip_range: float = 0.2
-    """PPO ratio clip epsilon (Schulman et al. 2017)"""
-    clip_range_value: float = 0.2
-    """how far a new value may move from the old one before its loss is clipped"""
-    vf_coef: float = 0.1
-    """weight of the value loss in the joint loss"""
-    entropy_coef: float = 0.0
-    """weight of the entropy bonus (0: entropy is only logged)"""
-    max_grad_norm: float = 1.0
-    """global gradient-norm clip"""
-    kl_coef: float = 0.05
-    """(initial) coefficient of the per-token KL penalty"""
-    kl_estimator: str = "k1"
-    """per-token KL estimator for the penalty: "k1" (logp - logp_ref) or "k3" (Schulman 2020)"""
-    target_kl: float | None = None
-    """target sequence KL for the adaptive controller (Ziegler et al. 2019); None: fixed kl_coef"""
-    kl_horizon: int = 10000
-    """adaptive controller horizon, in responses"""
-    temperature: float = 1.0
-    """sampling temperature; log-probs are recomputed with the same temperature"""
-    top_k: int = 0
-    """sample among the k most likely tokens (0: off)"""
-    top_p: float = 1.0
-    """nucleus sampling mass (1.0: off)"""
-    min_new_tokens: int = 4
-    """EOS is blocked before this many response tokens"""
-    max_new_tokens: int = 16
-    """longest response; a response that reaches it ends without EOS"""
-    whiten_advantages: bool = True
-    """normalise advantages over the batch's real tokens"""
-    device: str = "auto"
-    """"auto" (cuda if available, else cpu), "cpu" or "cuda" """
-    bf16: bool = False
-    """bfloat16 autocast for forward passes (cuda only)"""
-    seed: int = 0
-    """seeds the value head, sampling and minibatch shuffling"""
+    batch_size: int = 64  # prompts the caller samples per iteration (PPOTrainer takes the batch it gets)
+    minibatch_size: int = 16  # responses per gradient step
+    ppo_epochs: int = 4  # passes over the batch per iteration
+    learning_rate: float = 1e-4  # AdamW learning rate, shared by the policy and the value head
+    gamma: float = 1.0  # discount; 1 keeps every return equal to the undiscounted sum of rewards
+    lam: float = 0.95  # GAE lambda (Schulman et al. 2016)
+    clip_range: float = 0.2  # PPO ratio clip epsilon (Schulman et al. 2017)
+    clip_range_value: float = 0.2  # how far a value may move from the old one before its loss is clipped
+    vf_coef: float = 0.1  # weight of the value loss in the joint loss
+    entropy_coef: float = 0.0  # weight of the entropy bonus (0: entropy is only logged)
+    max_grad_norm: float = 1.0  # global gradient-norm clip
+    kl_coef: float = 0.05  # (initial) coefficient of the per-token KL penalty
+    kl_estimator: str = "k1"  # per-token KL of the penalty: "k1" (logp - logp_ref) or "k3" (Schulman 2020)
+    target_kl: float | None = None  # sequence KL the adaptive controller aims at (Ziegler 2019); None: fixed
+    kl_horizon: int = 10000  # adaptive controller horizon, in responses
+    temperature: float = 1.0  # of sampling; the log-probs are recomputed at the same temperature
+    top_k: int = 0  # sample among the k most likely tokens (0: off)
+    top_p: float = 1.0  # nucleus sampling mass (1.0: off)
+    min_new_tokens: int = 4  # EOS is blocked before this many response tokens
+    max_new_tokens: int = 16  # longest response; a response that reaches it ends without EOS
+    whiten_advantages: bool = True  # normalise advantages over the batch's real tokens
+    device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu" or "cuda"
+    bf16: bool = False  # bfloat16 autocast for forward passes (cuda only)
+    seed: int = 0  # seeds the value head, sampling and minibatch shuffling
 
     def __post_init__(self):
         if self.kl_estimator not in ("k1", "k3"):
@@ -121,8 +98,6 @@ class Rollout:
 # ---------------------------------------------------------------------------------------
 # Masked tensor helpers
 # ---------------------------------------------------------------------------------------
-
-
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of x over the positions where mask is 1: sum(x * m) / sum(m)."""
     return (x * mask).sum() / mask.sum()
@@ -139,7 +114,10 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def sparse_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """r_t = R [t == T_i]: each sequence score on its response's last real token (never a pad)."""
+    """r_t = R [t == T_i]: each sequence score on its response's last real token (never a pad).
+
+    Standard RLHF's reward, here so that ppo.py copied alone trains on a sequence-level RM.
+    """
     if scores.shape != response_mask.shape[:1]:
         raise ValueError(
             f"scores of shape {tuple(scores.shape)} do not match "
@@ -181,21 +159,13 @@ def gae(
 # ---------------------------------------------------------------------------------------
 # Forward passes: sampling and log-probs
 # ---------------------------------------------------------------------------------------
-
-
 def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """position_ids = cumsum(mask) - 1, clamped at 0: each row's first real token sits at 0."""
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 def response_logprobs(
-    model,
-    prompt_ids,
-    prompt_mask,
-    response_ids,
-    response_mask,
-    temperature: float = 1.0,
-    value_head: nn.Module | None = None,
+    model, prompt_ids, prompt_mask, response_ids, response_mask, temperature=1.0, value_head=None
 ):
     """One forward over [prompt; response] -> log pi(y_t | x, y_<t), entropy, V(x, y_<t).
 
@@ -221,17 +191,8 @@ def response_logprobs(
 
 
 @torch.no_grad()
-def sample(
-    model,
-    prompt_ids,
-    prompt_mask,
-    config: PPOConfig,
-    pad_token_id: int,
-    eos_token_id: int,
-    greedy: bool = False,
-    generator: torch.Generator | None = None,
-):
-    """Autoregressive sampling with a KV cache from left-padded prompts.
+def sample(model, prompt_ids, prompt_mask, config, pad_token_id, eos_token_id, greedy=False, generator=None):
+    """Autoregressive sampling with a KV cache from left-padded prompts, config a PPOConfig.
 
     Each step feeds one token with its own position (last position + 1) and the grown
     attention mask. EOS is forbidden before min_new_tokens; after a row's EOS it gets
@@ -304,8 +265,6 @@ def clock(device: torch.device) -> float:
 # ---------------------------------------------------------------------------------------
 # The trainer
 # ---------------------------------------------------------------------------------------
-
-
 class PPOTrainer:
     """Holds the policy, its frozen reference, the value head, the optimiser and the KL coef."""
 
@@ -337,55 +296,37 @@ class PPOTrainer:
         """bfloat16 autocast when config.bf16 (cuda only), otherwise a no-op context."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
 
+    def sample_on_device(self, prompt_ids, prompt_mask, greedy: bool = False):
+        """`sample` with this trainer's policy, tokens and generator, on its device."""
+        config, pad, eos = self.config, self.pad_token_id, self.eos_token_id
+        with self.autocast():
+            return sample(self.policy, prompt_ids, prompt_mask, config, pad, eos, greedy, self.generator)
+
     def generate(self, prompt_ids, prompt_mask, greedy: bool = False):
         """Sample (or greedily decode) responses; CPU tensors in, CPU tensors out."""
-        with self.autocast():
-            response_ids, response_mask = sample(
-                self.policy,
-                prompt_ids.to(self.device),
-                prompt_mask.to(self.device),
-                self.config,
-                self.pad_token_id,
-                self.eos_token_id,
-                greedy=greedy,
-                generator=self.generator,
-            )
+        response_ids, response_mask = self.sample_on_device(
+            prompt_ids.to(self.device), prompt_mask.to(self.device), greedy
+        )
         return response_ids.cpu(), response_mask.cpu()
 
-    # --- 1. rollout -----------------------------------------------------------------
+    # 1. rollout
     @torch.no_grad()
     def rollout(self, prompt_ids, prompt_mask) -> Rollout:
         """Sample responses, then old log-probs + values (one forward) and ref log-probs."""
         prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
         start = clock(self.device)
-        with self.autocast():
-            response_ids, response_mask = sample(
-                self.policy,
-                prompt_ids,
-                prompt_mask,
-                self.config,
-                self.pad_token_id,
-                self.eos_token_id,
-                generator=self.generator,
-            )
+        response_ids, response_mask = self.sample_on_device(prompt_ids, prompt_mask)
         generated = clock(self.device)
+        tokens = (prompt_ids, prompt_mask, response_ids, response_mask)
         with self.autocast():
-            batch = (prompt_ids, prompt_mask, response_ids, response_mask, self.config.temperature)
-            logprobs, _, values = response_logprobs(self.policy, *batch, value_head=self.value_head)
-            ref_logprobs, _, _ = response_logprobs(self.ref_policy, *batch)
-        return Rollout(
-            prompt_ids,
-            prompt_mask,
-            response_ids,
-            response_mask,
-            logprobs,
-            ref_logprobs,
-            values,
-            generation_seconds=generated - start,
-            forward_seconds=clock(self.device) - generated,
-        )
+            logprobs, _, values = response_logprobs(
+                self.policy, *tokens, self.config.temperature, self.value_head
+            )
+            ref_logprobs, _, _ = response_logprobs(self.ref_policy, *tokens, self.config.temperature)
+        forward_seconds = clock(self.device) - generated
+        return Rollout(*tokens, logprobs, ref_logprobs, values, generated - start, forward_seconds)
 
-    # --- 2-4. rewards, GAE, PPO epochs ------------------------------------------------
+    # 2-4. rewards, GAE, PPO epochs
     def update(
         self, rollout: Rollout, token_rewards: torch.Tensor, scores: torch.Tensor | None = None
     ) -> dict[str, float]:
@@ -417,6 +358,7 @@ class PPOTrainer:
 
         # 4. PPO epochs over shuffled minibatches (Schulman et al. 2017; 37 details, detail 6).
         batch_size = mask.shape[0]
+        tokens = (rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask)
         minibatch_stats, first_ratio_error = [], None
         for _ in range(config.ppo_epochs):
             order = torch.randperm(batch_size, generator=self.generator, device=self.device)
@@ -425,13 +367,7 @@ class PPOTrainer:
                 mb_mask = mask[rows]
                 with self.autocast():
                     logprobs, entropy, values = response_logprobs(
-                        self.policy,
-                        rollout.prompt_ids[rows],
-                        rollout.prompt_mask[rows],
-                        rollout.response_ids[rows],
-                        rollout.response_mask[rows],
-                        config.temperature,
-                        self.value_head,
+                        self.policy, *(x[rows] for x in tokens), config.temperature, self.value_head
                     )
                 # Clipped surrogate: max(-A r, -A clip(r, 1 - eps, 1 + eps)), r = pi / pi_old.
                 log_ratio = (logprobs - rollout.logprobs[rows]) * mb_mask
@@ -456,17 +392,10 @@ class PPOTrainer:
                 nn.utils.clip_grad_norm_(self.parameters, config.max_grad_norm)  # detail 11
                 self.optimizer.step()
                 with torch.no_grad():
-                    minibatch_stats.append(
-                        torch.stack(
-                            [
-                                policy_loss,
-                                value_loss,
-                                mean_entropy,
-                                masked_mean(((ratio - 1).abs() > config.clip_range).float(), mb_mask),
-                                masked_mean(ratio - 1 - log_ratio, mb_mask),
-                            ]
-                        )
-                    )  # k3 of pi_old vs pi
+                    clip_fraction = masked_mean(((ratio - 1).abs() > config.clip_range).float(), mb_mask)
+                    approx_kl = masked_mean(ratio - 1 - log_ratio, mb_mask)  # k3 of pi_old vs pi
+                    logged = [policy_loss, value_loss, mean_entropy, clip_fraction, approx_kl]
+                    minibatch_stats.append(torch.stack(logged))
                     if first_ratio_error is None:
                         # Before any step pi == pi_old, so this is 0 up to float rounding;
                         # anything else means the log-prob recomputation is inconsistent.

@@ -1,7 +1,7 @@
 """Explain one reward-model score as credit per policy response token (SHAP, LIME, attention).
 
 The RM gives one scalar `R = f(x, y)` for a prompt `x` and response `y = y_1..y_T`. This
-stage splits it over the policy's response tokens (DESIGN.md sections 3-4):
+stage splits it over the policy's response tokens (definitions: docs/method.md, section 2):
 
     shap       phi_t, Shapley values of the game "which response tokens are visible"
                (Lundberg & Lee 2017), sum_t phi_t = f(x, y) - f(x, all masked)
@@ -14,12 +14,15 @@ Features are policy tokens, the RM only ever sees text: a coalition's response t
 concatenation of the token pieces, a hidden piece replaced by a mask string (or deleted).
 So SHAP and LIME need no token alignment, and the tokenizers may differ. Attention lives on
 RM tokens and reaches policy tokens through character offsets.
+
+Shapes: B responses, T the longest response in policy tokens (T_i of response i), N rows
+(coalitions) handed to the reward function, K SHAP permutations per response, S LIME samples
+per response, L the longest text in RM tokens.
 """
 
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import accumulate
 
 import numpy as np
 import shap
@@ -27,10 +30,7 @@ import torch
 from lime.lime_base import LimeBase
 from sklearn.linear_model import Ridge
 from sklearn.metrics.pairwise import pairwise_distances
-from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-)
+from transformers.models.auto import modeling_auto
 
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]  # (prompts, responses) -> scores (N,)
 METHODS = ("shap", "lime", "attention")
@@ -41,24 +41,15 @@ MAX_EXACT_TOKENS = 14  # exact Shapley enumerates 2^T coalitions per response
 
 @dataclass
 class AttributionConfig:
-    mask_string: str | None = "[UNK]"
-    """text that replaces a hidden token (None or "": delete the token instead)"""
-    shap_backend: str = "batched"
-    """backend: "batched" (antithetic permutations, one RM call), "library" (shap), "exact" (2^T)"""
-    shap_permutations: int = 4
-    """permutations per response, an even number (antithetic pairs); at most P*(T-1)+2 RM rows"""
-    lime_backend: str = "batched"
-    """backend: "batched" (one RM call, one batched ridge solve) or "library" (the lime package)"""
-    lime_samples: int = 256
-    """perturbed samples per response, the unperturbed response included (both backends)"""
-    lime_kernel_width: float = 25.0
-    """width of LIME's text kernel, on cosine distance x 100 (the lime package's default)"""
-    lime_ridge_alpha: float = 1.0
-    """ridge penalty of the surrogate, intercept unpenalised (the lime package's default)"""
-    max_rows_per_call: int = 8192
-    """most rows handed to the reward function (or RM forward) at once"""
-    seed: int = 0
-    """seed of every sampled mask (permutations, LIME neighbourhoods)"""
+    mask_string: str | None = "[UNK]"  # replaces a hidden token's text (None or "": delete it instead)
+    shap_backend: str = "batched"  # "batched" (permutations, one RM call), "library" (shap), "exact" (2^T)
+    shap_permutations: int = 4  # K per response, even (antithetic pairs); at most K (T-1) + 2 RM rows
+    lime_backend: str = "batched"  # "batched" (one RM call, one batched solve), "library" (lime)
+    lime_samples: int = 256  # S per response, the unperturbed response included
+    lime_kernel_width: float = 25.0  # of LIME's text kernel on 100 x cosine distance (lime's default)
+    lime_ridge_alpha: float = 1.0  # ridge penalty of the surrogate, intercept unpenalised (lime's default)
+    max_rows_per_call: int = 8192  # most rows handed to the reward function (or RM forward) at once
+    seed: int = 0  # of every sampled mask (permutations, LIME neighbourhoods)
 
     def __post_init__(self):
         if self.shap_backend not in SHAP_BACKENDS:
@@ -68,10 +59,7 @@ class AttributionConfig:
         if self.shap_permutations < 2 or self.shap_permutations % 2:
             raise ValueError(f"shap_permutations={self.shap_permutations}; expected an even number >= 2")
         if self.lime_samples < 2 or self.lime_kernel_width <= 0 or self.lime_ridge_alpha < 0:
-            raise ValueError(
-                f"lime_samples={self.lime_samples}, lime_kernel_width={self.lime_kernel_width}, "
-                f"lime_ridge_alpha={self.lime_ridge_alpha}; expected >= 2, > 0, >= 0"
-            )
+            raise ValueError(f"{self}: expected lime_samples >= 2, kernel width > 0, ridge alpha >= 0")
         if self.max_rows_per_call < 1:
             raise ValueError(f"max_rows_per_call={self.max_rows_per_call}; expected >= 1")
 
@@ -101,9 +89,8 @@ def response_texts(tokenizer, prompt_ids, response_ids, response_mask) -> tuple[
         )
     prompts, pieces = [], []
     for prompt, response, length in zip(prompt_ids.tolist(), response_ids.tolist(), lengths.tolist()):
-        prefixes = tokenizer.batch_decode(
-            [prompt + response[:t] for t in range(length + 1)], skip_special_tokens=True
-        )
+        partial = [prompt + response[:t] for t in range(length + 1)]  # x + y_{<t}, t = 0..T_i
+        prefixes = tokenizer.batch_decode(partial, skip_special_tokens=True)
         full = prefixes[-1]
         bounds = np.maximum.accumulate([len(os.path.commonprefix([text, full])) for text in prefixes])
         prompts.append(full[: bounds[0]])
@@ -120,54 +107,42 @@ def masked_piece(piece: str, mask_string: str | None) -> str:
     return piece[: len(piece) - len(piece.lstrip())] + mask_string
 
 
-def score_texts(prompts: list[str], responses: list[str], reward_fn: RewardFn, max_rows: int) -> torch.Tensor:
-    """reward_fn over all rows, in chunks of at most `max_rows`; (N,) float64, all finite.
-
-    Rows go in order of text length, so that texts batched together need little padding.
-    """
-    order = sorted(range(len(prompts)), key=lambda row: len(prompts[row]) + len(responses[row]))
-    scores = torch.zeros(len(prompts), dtype=torch.float64)
-    for start in range(0, len(order), max_rows):
-        rows = order[start : start + max_rows]
-        chunk_prompts, chunk_responses = [prompts[row] for row in rows], [responses[row] for row in rows]
-        chunk = torch.as_tensor(reward_fn(chunk_prompts, chunk_responses))
-        if chunk.shape != (len(chunk_prompts),):
-            raise ValueError(
-                f"reward_fn returned shape {tuple(chunk.shape)}; expected "
-                f"({len(chunk_prompts)},), one score per row"
-            )
-        bad = (~torch.isfinite(chunk)).nonzero()
-        if len(bad):
-            row = int(bad[0])
-            raise ValueError(
-                f"reward_fn returned {chunk[row].item()} for the response {chunk_responses[row]!r} "
-                f"(prompt {chunk_prompts[row]!r}); expected a finite score"
-            )
-        scores[rows] = chunk.double()
-    return scores
-
-
 def score_coalitions(
-    prompts, pieces, owner, visible, reward_fn, config, deduplicate: bool = False
+    prompts, pieces, owner, visible, reward_fn, config, dedupe=False
 ) -> tuple[torch.Tensor, int]:
-    """f(x_i, y_i showing only the `visible` tokens) per row (R,), and the RM rows that took.
+    """f(x_i, y_i showing only the `visible` tokens) per row (N,) float64, and the RM rows that took.
 
-    owner (R,) is the response of each row, visible (R, T) its shown tokens. With
-    `deduplicate`, a coalition drawn twice is scored once (random masks of short responses
-    repeat often); the library backends score every row, as their packages do.
+    owner (N,) is the response of each row, visible (N, T) its shown tokens. With
+    `dedupe`, a coalition drawn twice is scored once (random masks of short responses
+    repeat often); the library backends score every row, as their packages do. reward_fn
+    gets at most config.max_rows_per_call rows at once, in order of text length (little padding).
     """
     inverse = torch.arange(len(owner))
-    if deduplicate:
-        keys, inverse = torch.unique(
-            torch.cat([owner[:, None], visible.long()], 1), dim=0, return_inverse=True
-        )
+    if dedupe:
+        keyed = torch.cat([owner[:, None], visible.long()], 1)  # (N, 1+T) the response, then the mask
+        keys, inverse = torch.unique(keyed, dim=0, return_inverse=True)  # keys: the distinct rows
         owner, visible = keys[:, 0], keys[:, 1:].bool()
     hidden = [[masked_piece(piece, config.mask_string) for piece in row] for row in pieces]
+    row_prompts = [prompts[i] for i in owner.tolist()]
     texts = [
         "".join(piece if shown else mask for piece, mask, shown in zip(pieces[i], hidden[i], row))
         for i, row in zip(owner.tolist(), visible.tolist())
     ]
-    values = score_texts([prompts[i] for i in owner.tolist()], texts, reward_fn, config.max_rows_per_call)
+    order = sorted(range(len(texts)), key=lambda row: len(row_prompts[row]) + len(texts[row]))
+    values = torch.zeros(len(texts), dtype=torch.float64)
+    for start in range(0, len(order), config.max_rows_per_call):
+        rows = order[start : start + config.max_rows_per_call]
+        chunk = torch.as_tensor(reward_fn([row_prompts[row] for row in rows], [texts[row] for row in rows]))
+        if chunk.shape != (len(rows),):
+            raise ValueError(f"reward_fn returned shape {tuple(chunk.shape)}; expected ({len(rows)},)")
+        values[rows] = chunk.double()
+    bad = (~torch.isfinite(values[order])).nonzero()  # the first in the order scored is named
+    if len(bad):
+        row = order[int(bad[0])]
+        raise ValueError(
+            f"reward_fn returned {values[row].item()} for the response {texts[row]!r} "
+            f"(prompt {row_prompts[row]!r}); expected a finite score"
+        )
     return values[inverse], len(owner)
 
 
@@ -191,59 +166,71 @@ def random_ranks(real: torch.Tensor, n: int, generator: torch.Generator) -> torc
 # 2. SHAP: exact enumeration, antithetic permutation sampling, the shap package
 # ---------------------------------------------------------------------------------------
 def shap_exact(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]:
-    """phi_t = sum_{S not containing t} |S|! (n-|S|-1)! / n! [f(S + t) - f(S)], all 2^n coalitions S."""
+    """phi_t = sum_{S not containing t} |S|! (n-|S|-1)! / n! [f(S + t) - f(S)], all 2^n coalitions S.
+
+    A coalition is a bitmask over the response's tokens: bit t set = token t visible.
+    """
     lengths, real = real_tokens(pieces)
     if lengths.max() > MAX_EXACT_TOKENS:
         i = int(lengths.argmax())
         raise ValueError(
-            f"exact Shapley enumerates 2^T coalitions: response {i} ({''.join(pieces[i])!r}) has "
-            f"{int(lengths[i])} tokens; expected at most {MAX_EXACT_TOKENS} (use shap_backend='batched')"
+            f"response {i} has {int(lengths[i])} tokens; exact Shapley takes {MAX_EXACT_TOKENS} at most"
         )
     T = real.shape[1]
-    subsets = [torch.arange(2**n) for n in lengths.tolist()]  # bitmask of the visible tokens
-    owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(subsets)])
-    visible = (torch.cat(subsets)[:, None] >> torch.arange(T)) & 1 == 1  # (R, T)
-    values, rows = score_coalitions(prompts, pieces, owner, visible, reward_fn, config)
+    subsets = [torch.arange(2**n) for n in lengths.tolist()]  # response i: coalitions 0 .. 2^T_i - 1
+    owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(subsets)])  # (N,)
+    bits = torch.cat(subsets)[:, None] >> torch.arange(T)  # (N, T) bit t moved to the lowest place
+    visible = (bits & 1) == 1  # (N, T)
+    values, rows = score_coalitions(prompts, pieces, owner, visible, reward_fn, config)  # (N,)
     phi = torch.zeros(len(pieces), T, dtype=torch.float64)
     for i, (subset, value) in enumerate(zip(subsets, values.split([len(s) for s in subsets]))):
-        size = visible[owner == i].sum(1).double()  # |S| of every coalition
+        size = visible[owner == i].sum(1).double()  # (2^n,) |S|
         n = torch.tensor(len(pieces[i]), dtype=torch.float64)
-        weight = torch.exp(torch.lgamma(size + 1) + torch.lgamma(n - size) - torch.lgamma(n + 1))
+        weight = torch.exp(torch.lgamma(size + 1) + torch.lgamma(n - size) - torch.lgamma(n + 1))  # (2^n,)
         for t in range(len(pieces[i])):
-            without = subset[(subset >> t) & 1 == 0]
-            phi[i, t] = (weight[without] * (value[without | 1 << t] - value[without])).sum()
+            token = 1 << t
+            without = subset[(subset & token) == 0]  # (2^(n-1),) the coalitions S not containing t
+            phi[i, t] = (weight[without] * (value[without | token] - value[without])).sum()
     return phi.float(), rows
 
 
 def shap_batched(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]:
     """Antithetic permutation sampling, every coalition of every response in one reward call.
 
-        phi_t = 1/P sum_p [f(Pre_p(t) + t) - f(Pre_p(t))]
+        phi_t = 1/K sum_p [f(Pre_p(t) + t) - f(Pre_p(t))]
 
     Pre_p(t) = tokens before t in permutation p; permutations come in pairs pi, reverse(pi)
     (antithetic sampling, Mitchell et al. 2022; shap's PermutationExplainer does the same).
     Each permutation telescopes to f(full) - f(empty), so efficiency holds exactly. Rows per
-    response: empty + full + P (T-1) prefixes in between, at most (a repeat is scored once).
+    response: empty + full + K (T-1) prefixes in between, at most (a repeat is scored once).
     """
-    lengths, real = real_tokens(pieces)
-    B, T, P = real.shape[0], real.shape[1], config.shap_permutations
+    lengths, real = real_tokens(pieces)  # (B,), (B, T)
+    B, T, K = real.shape[0], real.shape[1], config.shap_permutations
     generator = torch.Generator().manual_seed(config.seed)
-    forward = random_ranks(real, P // 2, generator)  # (B, P/2, T) position of each token in pi
+    forward = random_ranks(real, K // 2, generator)  # (B, K/2, T) place of each token in pi
     backward = torch.where(real[:, None], lengths[:, None, None] - 1 - forward, forward)  # in reverse(pi)
-    rank = torch.cat([forward, backward], 1)  # (B, P, T)
-    steps = torch.arange(1, T)  # prefix sizes strictly between empty and full
-    prefix = rank[:, :, None, :] < steps[:, None]  # (B, P, T-1, T)
-    inside = (steps < lengths[:, None, None]).expand(B, P, T - 1)  # (B, P, T-1)
-    owner = torch.cat(
-        [torch.arange(B), torch.arange(B), torch.arange(B)[:, None, None].expand(B, P, T - 1)[inside]]
-    )
-    visible = torch.cat([torch.zeros_like(real), real, prefix[inside]])
-    values, rows = score_coalitions(prompts, pieces, owner, visible, reward_fn, config, deduplicate=True)
-    empty, full = values[:B], values[B : 2 * B]
-    chain = full[:, None, None].repeat(1, P, T + 1)  # (B, P, T+1) f(first k of the permutation)
+    rank = torch.cat([forward, backward], 1)  # (B, K, T)
+    sizes = torch.arange(1, T)  # (T-1,) prefix sizes k strictly between empty and full
+    prefix = rank[:, :, None, :] < sizes[:, None]  # (B, K, T-1, T) the first k tokens of permutation p
+    inner = (sizes < lengths[:, None, None]).expand(B, K, T - 1)  # (B, K, T-1) k < T_i: not yet full
+    # The rows scored, in this order (the three slices of `values` below rely on it):
+    #   [0, B)    the empty coalition of each response
+    #   [B, 2B)   the full response
+    #   [2B, N)   the inner prefixes, response by response, permutation by permutation, by size
+    responses = torch.arange(B)  # (B,)
+    inner_owner = responses[:, None, None].expand(B, K, T - 1)[inner]  # (N - 2B,)
+    owner = torch.cat([responses, responses, inner_owner])  # (N,)
+    visible = torch.cat([torch.zeros_like(real), real, prefix[inner]])  # (N, T)
+    values, rows = score_coalitions(prompts, pieces, owner, visible, reward_fn, config, dedupe=True)
+    empty = values[:B]  # (B,)
+    full = values[B : 2 * B]  # (B,)
+    inner_values = values[2 * B :]  # (N - 2B,)
+    chain = full[:, None, None].repeat(1, K, T + 1)  # (B, K, T+1) f(first k tokens of p), k = 0..T
     chain[:, :, 0] = empty[:, None]
-    chain[:, :, 1:T][inside] = values[2 * B :]
-    marginal = chain.gather(2, rank + 1) - chain.gather(2, rank)  # (B, P, T); 0 on padding
+    chain[:, :, 1:T][inner] = inner_values
+    with_t = chain.gather(2, rank + 1)  # (B, K, T) f(Pre_p(t) + t)
+    without_t = chain.gather(2, rank)  # (B, K, T) f(Pre_p(t))
+    marginal = with_t - without_t  # (B, K, T); 0 on padding (both full)
     return (marginal.mean(1) * real).float(), rows
 
 
@@ -251,14 +238,14 @@ def shap_library(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]
     """The shap package: PermutationExplainer over binary masks, all-masked background.
 
     One explainer per response (the mask width is its length). Its antithetic pairs cost
-    2T+1 rows each, so max_evals = P/2 (2T+1) gives it the permutations of `shap_batched`.
+    2T+1 rows each, so max_evals = K/2 (2T+1) gives it the permutations of `shap_batched`.
     shap seeds numpy's global generator; the caller's numpy state is restored afterwards.
     """
     lengths, real = real_tokens(pieces)
     phi, rows, numpy_state = torch.zeros(real.shape, dtype=torch.float64), 0, np.random.get_state()
     for i, n in enumerate(lengths.tolist()):
 
-        def model(masks: np.ndarray, i: int = i) -> np.ndarray:  # (R, n) in {0, 1} -> (R,)
+        def model(masks: np.ndarray, i: int = i) -> np.ndarray:  # (N, n) in {0, 1} -> (N,)
             nonlocal rows
             owner, visible = torch.full((len(masks),), i), torch.as_tensor(masks) > 0.5
             values, used = score_coalitions(prompts, pieces, owner, visible, reward_fn, config)
@@ -267,9 +254,8 @@ def shap_library(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]
 
         masker = shap.maskers.Independent(np.zeros((1, n)))
         explainer = shap.PermutationExplainer(model, masker, seed=config.seed + i)
-        explanation = explainer(
-            np.ones((1, n)), max_evals=config.shap_permutations // 2 * (2 * n + 1), silent=True
-        )
+        max_evals = config.shap_permutations // 2 * (2 * n + 1)
+        explanation = explainer(np.ones((1, n)), max_evals=max_evals, silent=True)
         phi[i, :n] = torch.as_tensor(explanation.values[0])
     np.random.set_state(numpy_state)
     return phi.float(), rows
@@ -279,10 +265,7 @@ def shap_library(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]
 # 3. LIME: a kernel-weighted ridge surrogate on random masks
 # ---------------------------------------------------------------------------------------
 def lime_kernel(distances: np.ndarray, width: float) -> np.ndarray:
-    """pi(z) = sqrt(exp(-d^2 / width^2)), d = 100 x cosine distance to the full response.
-
-    This is the lime package's kernel for text explanations.
-    """
+    """lime's text kernel pi = sqrt(exp(-d^2 / width^2)), d = 100 x cosine distance to the full response."""
     return np.sqrt(np.exp(-(distances**2) / width**2))
 
 
@@ -296,24 +279,23 @@ def lime_batched(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]
     other sample hides k ~ U{1..T} random tokens; a repeated sample is scored once. Padding
     columns of Z are 0 and get a unit ridge term, which pins their coefficients to 0.
     """
-    lengths, real = real_tokens(pieces)
-    B, T, N = real.shape[0], real.shape[1], config.lime_samples
+    lengths, real = real_tokens(pieces)  # (B,), (B, T)
+    B, T, S = real.shape[0], real.shape[1], config.lime_samples
     generator = torch.Generator().manual_seed(config.seed)
-    n_hidden = (torch.rand(B, N - 1, generator=generator) * lengths[:, None]).long() + 1  # (B, N-1)
-    hidden = random_ranks(real, N - 1, generator) < n_hidden[..., None]
-    visible = torch.cat([real[:, None], real[:, None] & ~hidden], 1)  # (B, N, T)
-    owner = torch.arange(B)[:, None].expand(B, N)
-    values, rows = score_coalitions(
-        prompts, pieces, owner.reshape(-1), visible.reshape(-1, T), reward_fn, config, deduplicate=True
-    )
-    distances = 100 * (1 - (visible.sum(-1) / lengths[:, None]).sqrt())  # (B, N)
-    weights = torch.as_tensor(lime_kernel(distances.double().numpy(), config.lime_kernel_width))
-    X = torch.cat([torch.ones(B, N, 1, dtype=torch.float64), visible.double()], -1)  # (B, N, T+1)
+    n_hidden = (torch.rand(B, S - 1, generator=generator) * lengths[:, None]).long() + 1  # (B, S-1) k
+    hidden = random_ranks(real, S - 1, generator) < n_hidden[..., None]  # (B, S-1, T)
+    visible = torch.cat([real[:, None], real[:, None] & ~hidden], 1)  # (B, S, T) Z
+    owner = torch.arange(B).repeat_interleave(S)  # (N,) = (B S,) the response of each row
+    flat = visible.view(-1, T)  # (N, T)
+    values, rows = score_coalitions(prompts, pieces, owner, flat, reward_fn, config, dedupe=True)
+    distances = 100 * (1 - (visible.sum(-1) / lengths[:, None]).sqrt())  # (B, S)
+    weights = torch.as_tensor(lime_kernel(distances.double().numpy(), config.lime_kernel_width))  # (B, S)
+    X = torch.cat([torch.ones(B, S, 1, dtype=torch.float64), visible.double()], -1)  # (B, S, T+1)
     penalty = torch.where(real, config.lime_ridge_alpha, 1.0).double()  # (B, T)
     penalty = torch.diag_embed(torch.cat([torch.zeros(B, 1, dtype=torch.float64), penalty], 1))
     gram = X.transpose(1, 2) @ (weights[..., None] * X) + penalty  # (B, T+1, T+1)
-    target = X.transpose(1, 2) @ (weights * values.view(B, N))[..., None]  # (B, T+1, 1)
-    beta = torch.linalg.solve(gram, target)[:, 1:, 0]
+    target = X.transpose(1, 2) @ (weights * values.view(B, S))[..., None]  # (B, T+1, 1)
+    beta = torch.linalg.solve(gram, target)[:, 1:, 0]  # (B, T)
     return (beta * real).float(), rows
 
 
@@ -327,28 +309,23 @@ def lime_library(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]
     response (as lime's classifier_fn would see it), regression on the reward itself.
     """
     lengths, real = real_tokens(pieces)
-    N, rng = config.lime_samples, np.random.RandomState(config.seed)
+    S, rng = config.lime_samples, np.random.RandomState(config.seed)
     explainer = LimeBase(lambda d: lime_kernel(d, config.lime_kernel_width), random_state=config.seed)
     beta = torch.zeros(real.shape, dtype=torch.float64)
     for i, n in enumerate(lengths.tolist()):
-        masks = np.ones((N, n))
-        for row, k in enumerate(rng.randint(1, n + 1, N - 1), start=1):
+        masks = np.ones((S, n))
+        for row, k in enumerate(rng.randint(1, n + 1, S - 1), start=1):
             masks[row, rng.choice(n, k, replace=False)] = 0
         visible = torch.as_tensor(masks) > 0.5
-        values, _ = score_coalitions(prompts, pieces, torch.full((N,), i), visible, reward_fn, config)
+        values, _ = score_coalitions(prompts, pieces, torch.full((S,), i), visible, reward_fn, config)
         distances = pairwise_distances(masks, masks[:1], metric="cosine").ravel() * 100
+        ridge = Ridge(alpha=config.lime_ridge_alpha)
         _, coefficients, _, _ = explainer.explain_instance_with_data(
-            masks,
-            values.numpy()[:, None],
-            distances,
-            0,
-            n,
-            feature_selection="none",
-            model_regressor=Ridge(alpha=config.lime_ridge_alpha),
+            masks, values.numpy()[:, None], distances, 0, n, feature_selection="none", model_regressor=ridge
         )
         for feature, coefficient in coefficients:
             beta[i, feature] = coefficient
-    return beta.float(), len(lengths) * N
+    return beta.float(), len(lengths) * S
 
 
 # ---------------------------------------------------------------------------------------
@@ -358,17 +335,35 @@ def reads_last_token(config) -> bool:
     """Decoder RMs score at the last real token, encoder RMs (BERT) at the first ([CLS])."""
     model_type = getattr(config, "model_type", "")
     return bool(getattr(config, "is_decoder", False)) or (
-        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
     )
 
 
 @torch.no_grad()
-def attention_credit(prompts, pieces, reward_model, reward_tokenizer, max_rows) -> tuple[torch.Tensor, int]:
-    """alpha_t = sum_j A[r, j] share(j, t), normalised over the response: sum_t alpha_t = 1.
+def readout_attention(reward_model, encoded, max_rows: int) -> torch.Tensor:
+    """A[r, :], the last layer's attention averaged over heads, from the read-out position r: (B, L)."""
+    readout_rows, device = [], next(reward_model.parameters()).device
+    for start in range(0, len(encoded["input_ids"]), max_rows):
+        chunk = {name: value[start : start + max_rows].to(device) for name, value in encoded.items()}
+        attentions = reward_model(**chunk, output_attentions=True).attentions
+        if not attentions or attentions[-1] is None:
+            raise ValueError("the RM returned no attentions: load it with attn_implementation='eager'")
+        mask = chunk["attention_mask"]  # (b, L)
+        if reads_last_token(reward_model.config):
+            readout = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # (b,) the last real token
+        else:
+            readout = mask.argmax(1)  # (b,) the first real token
+        heads_mean = attentions[-1].mean(1)  # (b, L, L)
+        readout_rows.append(heads_mean[torch.arange(len(readout), device=device), readout].cpu())  # (b, L)
+    return torch.cat(readout_rows).double()  # (B, L)
 
-    A = last-layer attention averaged over heads, r = the RM's read-out position, j = RM
-    tokens. share(j, t) splits RM token j evenly over the policy tokens t whose character
+
+def attention_credit(prompts, pieces, reward_model, reward_tokenizer, max_rows) -> tuple[torch.Tensor, int]:
+    """alpha_t = sum_l A[r, l] share(l, t), normalised over the response: sum_t alpha_t = 1.
+
+    A = last-layer attention averaged over heads, r = the RM's read-out position, l = RM
+    tokens. share(l, t) splits RM token l evenly over the policy tokens t whose character
     span overlaps its own (RM special tokens and prompt tokens overlap none). A response
     whose pieces get no attention at all (e.g. only an EOS) gets a zero row.
     """
@@ -379,46 +374,59 @@ def attention_credit(prompts, pieces, reward_model, reward_tokenizer, max_rows) 
     too_long = encoded["attention_mask"].sum(1) > (limit or float("inf"))
     if too_long.any():
         i = int(too_long.nonzero()[0])
-        raise ValueError(
-            f"response {i} ({texts[i]!r}) is {int(encoded['attention_mask'][i].sum())} RM tokens "
-            f"long; expected at most max_position_embeddings={limit}"
-        )
-    readout_rows, device = [], next(reward_model.parameters()).device
-    for start in range(0, len(texts), max_rows):
-        chunk = {name: value[start : start + max_rows].to(device) for name, value in encoded.items()}
-        attentions = reward_model(**chunk, output_attentions=True).attentions
-        if not attentions or attentions[-1] is None:
-            raise ValueError(
-                "the reward model returned no attentions; load it with "
-                "attn_implementation='eager' (SDPA kernels return none)"
-            )
-        mask = chunk["attention_mask"]  # (b, L)
-        if reads_last_token(reward_model.config):
-            readout = mask.shape[1] - 1 - mask.flip(1).argmax(1)
-        else:
-            readout = mask.argmax(1)
-        heads_mean = attentions[-1].mean(1)  # (b, L, L)
-        readout_rows.append(heads_mean[torch.arange(len(readout), device=device), readout].cpu())  # (b, L)
-    attention = torch.cat(readout_rows).double()  # (B, L)
-    _, real = real_tokens(pieces)
+        raise ValueError(f"response {i} ({texts[i]!r}) is over max_position_embeddings={limit} RM tokens")
+    attention = readout_attention(reward_model, encoded, max_rows)  # (B, L)
+    _, real = real_tokens(pieces)  # (B, T)
     T = real.shape[1]
-    bounds = torch.tensor(
-        [
-            list(accumulate([len(prompt)] + [len(piece) for piece in row] + [0] * (T - len(row))))
-            for prompt, row in zip(prompts, pieces)
-        ]
-    )  # (B, T+1) character bounds of pieces
-    piece_starts, piece_ends = bounds[:, :-1], bounds[:, 1:]
-    rm_starts, rm_ends = offsets[..., 0, None], offsets[..., 1, None]  # (B, L, 1)
-    overlap = ((rm_starts < piece_ends[:, None]) & (piece_starts[:, None] < rm_ends) & real[:, None]).double()
-    share = overlap / overlap.sum(-1, keepdim=True).clamp_min(1)  # (B, L, T)
-    alpha = torch.einsum("bl,blt->bt", attention, share)
-    return (alpha / alpha.sum(1, keepdim=True).clamp_min(1e-30)).float(), len(texts)
+    # characters of the prompt, then of each piece (0 past the response): (B, T+1)
+    widths = [[len(prompt), *map(len, row)] + [0] * (T - len(row)) for prompt, row in zip(prompts, pieces)]
+    bounds = torch.tensor(widths).cumsum(1)  # (B, T+1) piece t spans characters [bounds_t, bounds_t+1)
+    piece_starts, piece_ends = bounds[:, None, :-1], bounds[:, None, 1:]  # (B, 1, T) each
+    rm_starts, rm_ends = offsets[..., 0, None], offsets[..., 1, None]  # (B, L, 1) each
+    overlap = (rm_starts < piece_ends) & (piece_starts < rm_ends)  # (B, L, T) the spans intersect
+    overlap = (overlap & real[:, None]).double()  # (B, L, T) and t is a real token
+    share = overlap / overlap.sum(-1, keepdim=True).clamp_min(1)  # (B, L, T) share(l, t)
+    alpha = (attention[:, None, :] @ share)[:, 0]  # (B, T) sum_l A[r, l] share(l, t)
+    total = alpha.sum(1, keepdim=True).clamp_min(1e-30)  # (B, 1)
+    return (alpha / total).float(), len(texts)
 
 
 # ---------------------------------------------------------------------------------------
-# 5. Entry point
+# 5. Entry points: over token ids, or over the texts a caller already decoded
 # ---------------------------------------------------------------------------------------
+BACKENDS = {
+    ("shap", "batched"): shap_batched,
+    ("shap", "library"): shap_library,
+    ("shap", "exact"): shap_exact,
+    ("lime", "batched"): lime_batched,
+    ("lime", "library"): lime_library,
+}
+
+
+def attribute_texts(
+    method, prompts, pieces, reward_fn, config=None, reward_model=None, reward_tokenizer=None
+) -> tuple[torch.Tensor, int]:
+    """Attributions (B, T) over response pieces, T = the longest T_i, zero past each; and RM rows used.
+
+    prompts, pieces: `response_texts`' output (decode a batch once, explain it by several
+    methods). "shap" and "lime" need `reward_fn` (a RewardFn); "attention" needs the RM and its
+    tokenizer (loaded with eager attention). config: an AttributionConfig (None: the defaults).
+    """
+    config = config or AttributionConfig()
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; expected one of {METHODS}")
+    if len(prompts) != len(pieces) or not pieces or min(map(len, pieces)) == 0:
+        raise ValueError(f"got {len(prompts)} prompts, {len(pieces)} responses; expected as many, none empty")
+    if method == "attention":
+        if reward_model is None or reward_tokenizer is None:
+            raise ValueError("method 'attention' needs reward_model and reward_tokenizer; got None")
+        return attention_credit(prompts, pieces, reward_model, reward_tokenizer, config.max_rows_per_call)
+    if reward_fn is None:
+        raise ValueError(f"method {method!r} needs a reward_fn; got None")
+    backend = config.shap_backend if method == "shap" else config.lime_backend
+    return BACKENDS[method, backend](prompts, pieces, reward_fn, config)
+
+
 def attribute(
     method: str,
     tokenizer,
@@ -432,31 +440,11 @@ def attribute(
 ) -> tuple[torch.Tensor, int]:
     """Attributions (B, T) over the policy's response tokens, zero outside the mask, and RM rows used.
 
-    method "shap" and "lime" need `reward_fn` (texts -> scores); "attention" needs the RM
-    and its tokenizer (loaded with eager attention).
+    `response_texts` then `attribute_texts`; to explain one batch by several methods, call
+    those two directly and decode once.
     """
-    config = config or AttributionConfig()
-    if method not in METHODS:
-        raise ValueError(f"unknown attribution method {method!r}; expected one of {METHODS}")
     prompts, pieces = response_texts(tokenizer, prompt_ids, response_ids, response_mask)
-    if method == "attention":
-        if reward_model is None or reward_tokenizer is None:
-            raise ValueError("method 'attention' needs reward_model and reward_tokenizer; got None")
-        values, rows = attention_credit(
-            prompts, pieces, reward_model, reward_tokenizer, config.max_rows_per_call
-        )
-    else:
-        if reward_fn is None:
-            raise ValueError(f"method {method!r} needs a reward_fn; got None")
-        backends = {
-            ("shap", "batched"): shap_batched,
-            ("shap", "library"): shap_library,
-            ("shap", "exact"): shap_exact,
-            ("lime", "batched"): lime_batched,
-            ("lime", "library"): lime_library,
-        }
-        backend = config.shap_backend if method == "shap" else config.lime_backend
-        values, rows = backends[method, backend](prompts, pieces, reward_fn, config)
+    values, rows = attribute_texts(method, prompts, pieces, reward_fn, config, reward_model, reward_tokenizer)
     attributions = torch.zeros(response_mask.shape, device=response_mask.device)
     attributions[:, : values.shape[1]] = values
     return attributions, rows

@@ -1,7 +1,7 @@
 """Turn one sequence reward R into per-token rewards r'_t that still sum to R.
 
 Each credit component c^k spreads R over the response tokens in its own way and sums to R
-exactly (DESIGN.md section 4); for response i with T_i real tokens:
+exactly (docs/method.md, section 3); for response i with T_i real tokens:
 
     sparse     c_t = R [t == T_i]                      (standard RLHF)
     uniform    c_t = R / T_i
@@ -26,6 +26,10 @@ phi = (1, 2, -1), so the all-masked baseline is f(x, masked) = R - sum phi = 4:
     r' = 0.5 shap + 0.5 sparse = (0.5, 1, 4.5),   sum = 6 = R
 
 The KL penalty per token is ppo.py's business; shaping only redistributes R.
+
+Shapes: B responses, T the longest response (T_i real tokens in response i); R the sequence
+reward (B,) (the RM score, or RCfD's calibrated score); every component and r' is (B, T),
+zero outside response_mask.
 """
 
 from collections.abc import Callable
@@ -34,7 +38,7 @@ import torch
 
 COMPONENTS = ("sparse", "uniform", "attention", "shap", "lime")
 ATTRIBUTIONS = ("attention", "shap", "lime")  # the components computed from an explanation
-SIMPLEX_TOLERANCE = 1e-6
+SIMPLEX_TOLERANCE = 1e-6  # on the simplex: every w_k >= -tol and |sum_k w_k - 1| <= tol (as bayes_opt)
 
 
 def check_finite(scores: torch.Tensor, what: str) -> None:
@@ -47,7 +51,11 @@ def check_finite(scores: torch.Tensor, what: str) -> None:
 
 
 def check_weights(weights: dict[str, float]) -> None:
-    """Weights must name known components and lie on the simplex: w_k >= 0, sum_k w_k = 1 (within 1e-6)."""
+    """Weights must name known components and lie on the simplex: w_k >= 0, sum_k w_k = 1.
+
+    Both within SIMPLEX_TOLERANCE (w_k >= -1e-6, |sum - 1| <= 1e-6), the definition
+    bayes_opt.py uses too, so weights a BO proposes are always accepted here.
+    """
     unknown = sorted(set(weights) - set(COMPONENTS))
     if unknown:
         raise ValueError(f"unknown credit component(s) {unknown}; expected names among {COMPONENTS}")
@@ -55,12 +63,12 @@ def check_weights(weights: dict[str, float]) -> None:
     if (
         len(values) == 0
         or not torch.isfinite(values).all()
-        or (values < 0).any()
+        or (values < -SIMPLEX_TOLERANCE).any()
         or abs(values.sum().item() - 1) > SIMPLEX_TOLERANCE
     ):
         raise ValueError(
             f"weights {weights} are not on the simplex; expected finite values >= 0 "
-            f"summing to 1 (within {SIMPLEX_TOLERANCE})"
+            f"summing to 1 (both within {SIMPLEX_TOLERANCE})"
         )
 
 
@@ -103,29 +111,6 @@ def rcfd_reward_fn(
         return rcfd_scores(scores, torch.tensor([demo_scores[p] for p in prompts]))
 
     return wrapped
-
-
-def normalize_scores(
-    scores: torch.Tensor, attributions: dict[str, torch.Tensor] | None = None
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Whiten R over the batch, R~ = (R - mean) / std, and scale SHAP/LIME by the same 1/std.
-
-    Conservation still holds after shaping: phi / std sums to (f(full) - f(masked)) / std,
-    and the residual R~ - sum phi / std absorbs the shift by the mean. Attention weights are
-    fractions of R and stay as they are. A batch whose scores are all equal (std = 0, e.g.
-    a single response) is only centred.
-    """
-    check_finite(scores, "the score")
-    attributions = attributions or {}
-    unknown = sorted(set(attributions) - set(ATTRIBUTIONS))
-    if unknown:
-        raise ValueError(f"unknown attribution(s) {unknown}; expected names among {ATTRIBUTIONS}")
-    std = scores.std(unbiased=False) if len(scores) > 1 else torch.tensor(0.0)
-    scale = std if std > 0 else torch.tensor(1.0)
-    scaled = {
-        name: values if name == "attention" else values / scale for name, values in attributions.items()
-    }
-    return (scores - scores.mean()) / scale, scaled
 
 
 def credit_components(

@@ -1,4 +1,4 @@
-"""Issue 2's targets for the embedded task, measured from nothing in a fresh cache folder.
+"""The embedded task against its targets, measured from nothing in a fresh cache folder.
 
     python benchmarks/bench_task.py [--threads N]
 

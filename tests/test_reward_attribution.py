@@ -352,3 +352,16 @@ def test_attention_rows_sum_to_one_on_the_embedded_rm(embedded):
     )
     assert rows == len(ids[0]) and torch.allclose(alpha.sum(1), torch.ones(len(alpha)), atol=1e-6)
     assert (alpha >= 0).all() and (alpha[ids[2] == 0] == 0).all()
+
+
+def test_attribute_texts_on_decoded_pieces_agrees_with_attribute(embedded):
+    """Decoding once and explaining the texts by every method gives what `attribute` gives."""
+    task, ids, reward_fn = embedded
+    prompts, pieces = ra.response_texts(task.policy_tokenizer, *ids)
+    for method in ra.METHODS:
+        rm = (task.reward_model, task.reward_tokenizer)
+        from_ids = ra.attribute(method, task.policy_tokenizer, *ids, reward_fn, None, *rm)
+        from_texts = ra.attribute_texts(method, prompts, pieces, reward_fn, None, *rm)
+        assert torch.equal(from_ids[0], from_texts[0]) and from_ids[1] == from_texts[1]
+    with pytest.raises(ValueError, match="none empty"):
+        ra.attribute_texts("shap", prompts, [[]] * len(prompts), reward_fn)
