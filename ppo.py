@@ -242,13 +242,7 @@ def sample(
     batch = prompt_ids.shape[0]
     attention_mask = prompt_mask.long()
     positions = left_padded_positions(attention_mask)  # (B, P)
-    out = model(
-        input_ids=prompt_ids,
-        attention_mask=attention_mask,
-        position_ids=positions,
-        use_cache=True,
-        logits_to_keep=1,
-    )
+    out = model(input_ids=prompt_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True)
     next_position = positions[:, -1:] + 1  # (B, 1)
     done = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     tokens, masks = [], []
