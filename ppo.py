@@ -262,12 +262,13 @@ def sample(
         if done.all():
             break
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        cache_name = "cache" if "cache" in out else "past_key_values"  # transformers 5.2x renamed it
         out = model(
             input_ids=token[:, None],
             attention_mask=attention_mask,
             position_ids=next_position,
-            past_key_values=out.past_key_values,
             use_cache=True,
+            **{cache_name: out[cache_name]},
         )
         next_position = next_position + 1
     return torch.stack(tokens, dim=1), torch.stack(masks, dim=1).long()
