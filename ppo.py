@@ -203,13 +203,7 @@ def sample(model, prompt_ids, prompt_mask, config, pad_token_id, eos_token_id, g
     batch = prompt_ids.shape[0]
     attention_mask = prompt_mask.long()
     positions = left_padded_positions(attention_mask)  # (B, P)
-    out = model(
-        input_ids=prompt_ids,
-        attention_mask=attention_mask,
-        position_ids=positions,
-        use_cache=True,
-        logits_to_keep=1,
-    )
+    out = model(input_ids=prompt_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True)
     next_position = positions[:, -1:] + 1  # (B, 1)
     done = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     tokens, masks = [], []
@@ -229,12 +223,13 @@ def sample(model, prompt_ids, prompt_mask, config, pad_token_id, eos_token_id, g
         if done.all():
             break
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        cache_name = "cache" if "cache" in out else "past_key_values"  # transformers 5.2x renamed it
         out = model(
             input_ids=token[:, None],
             attention_mask=attention_mask,
             position_ids=next_position,
-            past_key_values=out.past_key_values,
             use_cache=True,
+            **{cache_name: out[cache_name]},
         )
         next_position = next_position + 1
     return torch.stack(tokens, dim=1), torch.stack(masks, dim=1).long()

@@ -6,6 +6,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import BertConfig, BertForSequenceClassification, GPT2Config, PreTrainedTokenizerFast
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 import reward_attribution as ra
 import task as task_module
@@ -267,7 +268,7 @@ def test_attention_maps_through_a_tokenizer_mismatch(bert_rm):
     assert torch.allclose(alpha[0, : len(word_spans)], per_word / per_word.sum(), atol=1e-6)
 
 
-def test_attention_errors(bert_rm, tmp_path):
+def test_attention_errors(bert_rm, monkeypatch):
     model, rm_tokenizer = bert_rm
     policy_tokenizer = word_tokenizer()
     long_ids = encode(policy_tokenizer, ["the plot"], [" ".join(["superb"] * 12)])
@@ -275,12 +276,14 @@ def test_attention_errors(bert_rm, tmp_path):
         ra.attribute(
             "attention", policy_tokenizer, *long_ids, None, reward_model=model, reward_tokenizer=rm_tokenizer
         )
-    model.save_pretrained(tmp_path)
-    sdpa = BertForSequenceClassification.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    # An RM that returns no attention weights, as SDPA does in transformers 5 (4.x falls back to eager).
+    forward = model.forward
+    no_attentions = lambda **inputs: SequenceClassifierOutput(logits=forward(**inputs).logits)  # noqa: E731
+    monkeypatch.setattr(model, "forward", no_attentions)
     ids = encode(policy_tokenizer, PROMPTS, RESPONSES)
     with pytest.raises(ValueError, match="eager"):
         ra.attribute(
-            "attention", policy_tokenizer, *ids, None, reward_model=sdpa, reward_tokenizer=rm_tokenizer
+            "attention", policy_tokenizer, *ids, None, reward_model=model, reward_tokenizer=rm_tokenizer
         )
     assert ra.reads_last_token(GPT2Config()) and not ra.reads_last_token(model.config)
 

@@ -251,6 +251,7 @@ def save_real_model_pair(folder, corpus):
         cls_token="[CLS]",
         sep_token="[SEP]",
         mask_token="[MASK]",
+        model_input_names=["input_ids", "attention_mask"],  # as DistilBERT's own tokenizer: no token types
     )
     DistilBertForSequenceClassification(
         DistilBertConfig(
