@@ -34,7 +34,6 @@ import torch.nn.functional as F
 
 @dataclass
 class PPOConfig:
-    batch_size: int = 64  # prompts the caller samples per iteration (PPOTrainer takes the batch it gets)
     minibatch_size: int = 16  # responses per gradient step
     ppo_epochs: int = 4  # passes over the batch per iteration
     learning_rate: float = 1e-4  # AdamW learning rate, shared by the policy and the value head

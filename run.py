@@ -55,16 +55,10 @@ class Options:
     min_new_tokens: int = option(4, "shortest response (EOS blocked before)")
     max_new_tokens: int = option(16, "longest response")
     learning_rate: float = option(2e-4, "AdamW learning rate of the policy and its value head")
-    kl_coef: float = option(
-        0.05, "per-token KL penalty coefficient, and the yardstick of J (RCfD trains at 0)"
-    )
-    target_kl: float | None = option(
-        None, "held KL budget: adapt kl_coef towards this sequence KL (all arms)"
-    )
+    kl_coef: float = option(0.05, "per-token KL penalty, and the yardstick of J (RCfD trains at 0)")
+    target_kl: float | None = option(None, "KL budget: every arm adapts kl_coef towards this sequence KL")
     kl_horizon: int = option(10000, "adaptive KL controller horizon, in responses (Ziegler et al. 2019)")
-    objective: str = option(
-        "regularised", "BO objective: 'regularised' (reward - kl_coef KL) or 'auc' (reward)"
-    )
+    objective: str = option("regularised", "BO's J: 'regularised' (reward - kl_coef KL) or 'auc' (of reward)")
     eval_every: int = option(2, "PPO iterations between two held-out evaluations")
     eval_prompts: int = option(64, "held-out prompts per evaluation")
     components: str = option("sparse,attention,shap,lime", "credit components whose weights BO searches")
@@ -155,8 +149,8 @@ class Setup:
     """policy and RM with their tokenizers, prompts, demonstrations"""
     reward_fn: Callable[[list[str], list[str]], torch.Tensor]
     """(prompts, responses) -> RM scores f(x, y) (N,)"""
-    demo_scores: torch.Tensor | None
-    """f(x, y_demo) per training prompt, for RCfD; None when a prompt has no demonstration"""
+    rcfd_reward_fn: Callable[[list[str], list[str]], torch.Tensor] | None
+    """(prompts, responses) -> R_cfd (N,) for the RCfD arm; None when a prompt has no demonstration"""
     attribution: reward_attribution.AttributionConfig
     """how SHAP, LIME and attention explain the RM"""
     ppo_config: ppo.PPOConfig
@@ -176,13 +170,13 @@ def build_setup(options: Options) -> Setup:
     def reward_fn(prompts, responses):
         return task.score(the_task.reward_model, the_task.reward_tokenizer, prompts, responses)
 
-    demos = [the_task.demonstrations.get(p) for p in the_task.train_prompts]
+    has_demos = all(the_task.demonstrations.get(p) is not None for p in the_task.train_prompts)
     reward_tokenizer = the_task.reward_tokenizer
     mask_string = reward_tokenizer.unk_token if the_task.embedded else reward_tokenizer.mask_token
     return Setup(
         task=the_task,
         reward_fn=reward_fn,
-        demo_scores=reward_fn(the_task.train_prompts, demos) if None not in demos else None,
+        rcfd_reward_fn=shaping.rcfd_reward_fn(reward_fn, the_task.demonstrations) if has_demos else None,
         attribution=reward_attribution.AttributionConfig(
             mask_string=mask_string or reward_tokenizer.unk_token,
             lime_samples=options.lime_samples,
@@ -195,22 +189,27 @@ def build_setup(options: Options) -> Setup:
 # ---------------------------------------------------------------------------------------
 # The reward: score -> explanations -> per-token shaped reward
 # ---------------------------------------------------------------------------------------
-def reward_components(setup: Setup, prompt_ids, response_ids, response_mask, methods, demo_scores=None):
+def reward_components(setup: Setup, prompt_ids, response_ids, response_mask, methods, rcfd=False):
     """Credit components c^k (each (B, T), summing to R) for the explanations in `methods`, and f(x, y) (B,).
 
-    R is the RM score, or the RCfD score -(f(x, y) - f(x, y_demo))^2 when `demo_scores` are given.
+    R is the RM score f(x, y), or with `rcfd` the RCfD score -(f(x, y) - f(x, y_demo))^2, which
+    SHAP and LIME then explain in place of f. Each response is decoded once for every method.
     """
     prompts, pieces = reward_attribution.response_texts(
         setup.tokenizer, prompt_ids, response_ids, response_mask
     )
-    scores = setup.reward_fn(prompts, ["".join(p) for p in pieces])  # (B,)
-    sequence_reward = scores if demo_scores is None else shaping.rcfd_scores(scores, demo_scores)
+    responses = ["".join(row) for row in pieces]
+    scores = setup.reward_fn(prompts, responses)  # (B,)
+    explained_fn = setup.rcfd_reward_fn if rcfd else setup.reward_fn  # (prompts, responses) -> R
+    sequence_reward = explained_fn(prompts, responses) if rcfd else scores  # (B,)
     attributions = {}
     for method in methods:
-        attributions[method], _ = reward_attribution.attribute(
-            method, setup.tokenizer, prompt_ids, response_ids, response_mask, setup.reward_fn,
-            setup.attribution, setup.task.reward_model, setup.task.reward_tokenizer,
+        values, _ = reward_attribution.attribute_texts(
+            method, prompts, pieces, explained_fn, setup.attribution,
+            setup.task.reward_model, setup.task.reward_tokenizer,
         )  # fmt: skip
+        width = response_mask.shape[1] - values.shape[1]  # responses shorter than the batch's T
+        attributions[method] = torch.nn.functional.pad(values, (0, width))  # (B, T)
     return shaping.credit_components(sequence_reward, response_mask, attributions), scores
 
 
@@ -262,10 +261,9 @@ def train_arm(arm: Arm, setup: Setup, options: Options, rcfd: bool = False) -> A
         rows = rng.choice(len(setup.task.train_prompts), options.batch_size, replace=False)
         enc = setup.tokenizer([setup.task.train_prompts[i] for i in rows], return_tensors="pt", padding=True)
         rollout = trainer.rollout(enc["input_ids"], enc["attention_mask"])
-        demo_scores = setup.demo_scores[rows] if rcfd else None
         response_ids, response_mask = rollout.response_ids.cpu(), rollout.response_mask.cpu()
         components, scores = reward_components(
-            setup, enc["input_ids"], response_ids, response_mask, methods, demo_scores
+            setup, enc["input_ids"], response_ids, response_mask, methods, rcfd
         )
         train_kl = trainer.update(rollout, shaping.shape(components, arm.weights), scores)["kl"]
     arm.seconds = time.time() - start
@@ -400,7 +398,7 @@ def experiment(setup: Setup, options: Options) -> dict:
     # 1. Baselines: each a full PPO run from the SFT reference with the same budget.
     arms = {}
     baselines = {name: BASELINES[name] for name in options.baselines.split(",") if name}
-    if "rcfd" in baselines and setup.demo_scores is None:
+    if "rcfd" in baselines and setup.rcfd_reward_fn is None:
         print("RCfD skipped: not every training prompt has a demonstration")
         del baselines["rcfd"]
     if options.weights is not None:

@@ -53,6 +53,7 @@ def floor_seconds(policy, rollout: ppo.Rollout, config: ppo.PPOConfig) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=8, help="timed iterations")
+    parser.add_argument("--batch", type=int, default=64, help="prompts per iteration (run.py's default)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     parser.add_argument(
         "--threads",
@@ -74,8 +75,8 @@ def main():
 
     phases = {}  # phase name -> seconds per timed iteration
     for iteration in range(args.warmup + args.iterations):
-        first = iteration * config.batch_size % len(the_task.train_prompts)
-        prompts = the_task.train_prompts[first : first + config.batch_size]
+        first = iteration * args.batch % len(the_task.train_prompts)
+        prompts = the_task.train_prompts[first : first + args.batch]
         encoded = tokenizer(prompts, return_tensors="pt", padding=True)
 
         start = time.perf_counter()
@@ -111,7 +112,7 @@ def main():
     mean = {name: statistics.mean(values) * 1000 for name, values in phases.items()}
     median = {name: statistics.median(values) * 1000 for name, values in phases.items()}
     print(
-        f"\nbatch {config.batch_size}, minibatch {config.minibatch_size}, "
+        f"\nbatch {args.batch}, minibatch {config.minibatch_size}, "
         f"{config.ppo_epochs} epochs, {config.min_new_tokens}-{config.max_new_tokens} "
         f"new tokens, {args.threads} thread(s), "
         f"{args.iterations} iterations after {args.warmup} warm-up"

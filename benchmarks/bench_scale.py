@@ -134,7 +134,6 @@ def main():
 
     policy, tokenizer, reward_model, rm_tokenizer = build_models(size, device)
     config = ppo.PPOConfig(
-        batch_size=args.batch,
         min_new_tokens=args.min_new_tokens,
         max_new_tokens=args.max_new_tokens,
         device=str(device),

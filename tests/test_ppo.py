@@ -190,13 +190,7 @@ def test_first_ratio_is_one_and_adaptive_kl_controller():
     policy = tiny_gpt2()
     policy.train()  # dropout on: the trainer must switch it off
     config = ppo.PPOConfig(
-        batch_size=12,
-        minibatch_size=4,
-        temperature=0.7,
-        max_new_tokens=6,
-        target_kl=0.01,
-        kl_horizon=100,
-        device="cpu",
+        minibatch_size=4, temperature=0.7, max_new_tokens=6, target_kl=0.01, kl_horizon=100, device="cpu"
     )
     trainer = ppo.PPOTrainer(policy, config, PAD, EOS)
     prompt_ids, prompt_mask = left_pad(PROMPTS * 4)
@@ -236,13 +230,7 @@ def test_rollout_and_update_create_tensors_on_the_input_device():
 def train_token_counter(model_dir, seed, iterations=20):
     """PPO on 'reward +1 per occurrence of token 5'; returns the per-iteration stats."""
     config = ppo.PPOConfig(
-        batch_size=32,
-        minibatch_size=16,
-        learning_rate=1e-3,
-        min_new_tokens=6,
-        max_new_tokens=6,
-        device="cpu",
-        seed=seed,
+        minibatch_size=16, learning_rate=1e-3, min_new_tokens=6, max_new_tokens=6, device="cpu", seed=seed
     )
     trainer = ppo.PPOTrainer(GPT2LMHeadModel.from_pretrained(model_dir), config, PAD, EOS)
     prompt_ids, prompt_mask = left_pad(PROMPTS * 11)
