@@ -215,7 +215,7 @@ def test_rollout_and_update_create_tensors_on_the_input_device():
     and the first op that meets a GPU tensor fails. Here the default device is 'meta' while the
     models and inputs stay on the CPU, so such a tensor lands on 'meta' and fails the same way.
     The trainer is built outside, as it is on a GPU before any training step."""
-    config = ppo.PPOConfig(batch_size=6, minibatch_size=3, min_new_tokens=2, max_new_tokens=5, device="cpu")
+    config = ppo.PPOConfig(minibatch_size=3, min_new_tokens=2, max_new_tokens=5, device="cpu")
     trainer = ppo.PPOTrainer(tiny_gpt2(), config, PAD, EOS)
     prompt_ids, prompt_mask = left_pad(PROMPTS * 2)
     with torch.device("meta"):
@@ -256,7 +256,7 @@ def test_a_shared_reference_stays_trainable_for_the_next_run():
     """run.py passes the SFT model as every run's reference and deep-copies it as the next
     policy: the trainer must not freeze it, or every later run silently never learns."""
     sft = tiny_gpt2()
-    config = ppo.PPOConfig(batch_size=4, minibatch_size=4, max_new_tokens=4, device="cpu")
+    config = ppo.PPOConfig(minibatch_size=4, max_new_tokens=4, device="cpu")
     ppo.PPOTrainer(copy.deepcopy(sft), config, PAD, EOS, ref_policy=sft)
     assert all(p.requires_grad for p in sft.parameters())
     second = ppo.PPOTrainer(copy.deepcopy(sft), config, PAD, EOS, ref_policy=sft)
