@@ -1,38 +1,38 @@
 """Where prompts, the SFT policy, the reward model and demonstrations come from.
 
-The default is an *embedded* task that builds in seconds on a CPU with no network:
+The default is an *embedded* task that builds in about a minute on a CPU with no network:
 
     the plot was not great but the acting was superb .
 
-A synthetic review language (~250 words) whose sentiment is known exactly: every
-sentiment adjective has a polarity and a strength (1-3), `not` flips the next adjective
-(adverbs may stand between), and a review is positive when its summed score is > 0.
-Because the generator knows its own sentiment function, attribution methods can be scored
-against a truth: `true_shapley_credit` (exact Shapley values of the game the RM regresses,
-the truth for SHAP and LIME) and `true_token_credit` (each adjective's signed lexicon value).
+A synthetic review language (~250 words) whose sentiment is known exactly: every sentiment
+adjective has a polarity and a strength (1-3), `not` flips the next adjective (adverbs may
+stand between), and a review is positive when its summed score is > 0. So attributions can be
+scored against a truth: `true_shapley_credit` (exact Shapley values of the game the RM
+regresses, the truth for SHAP and LIME) and `true_token_credit` (the lexicon's signed values).
 
-    reward model  a 2-layer BERT classifier trained with ~15% random [UNK] masking, so the
-                  masked texts that SHAP and LIME feed it stay in distribution;
-                  score = logit_pos - logit_neg (the reward of Chan et al. 2024)
-    SFT policy    a 2-layer GPT-2 trained on balanced reviews: the reference every PPO run
-                  starts from
-    prompts       the first 2-4 words of held-out reviews, each with one positive
-                  demonstration (for RCfD, Rita et al. 2024)
+    reward model  a 2-layer BERT classifier trained with ~15% random [UNK] masking (the masked
+                  texts SHAP and LIME feed it stay in distribution); score = logit_pos - logit_neg
+    SFT policy    a 2-layer GPT-2 trained on balanced reviews: every PPO run starts from it
+    prompts       the first 2-4 words of held-out reviews, each with a positive demonstration
 
 Built models are cached by settings and read back by `from_pretrained`, which also takes a hub
 name or a local path: a real setup (a GPT-2 policy, a DistilBERT IMDb RM) is one option away.
 """
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import random
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from urllib.parse import urlparse
 
+import huggingface_hub
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 CACHE_VERSION = 3  # bump when the generator or the training recipe changes
 REWARD_CLIP = 8  # the RM regresses the visible sentiment clipped to +-8
+HUB_HOST = urlparse(huggingface_hub.constants.ENDPOINT).hostname  # answers on 443 when online
 MAX_SHAPLEY_PLAYERS = 16  # true_shapley_credit enumerates 2^n coalitions of the words that matter
 
 
@@ -105,10 +106,8 @@ def random_clause(rng: random.Random) -> dict:
 
 
 def random_review(rng: random.Random, first_clause: dict | None = None) -> list[str]:
-    """1-3 clauses joined by `but`/`and`, closed by `.`; `first_clause` fixes slots of the first.
-
-    Reviews whose sentiment sums to exactly 0 have no label and are drawn again.
-    """
+    """1-3 clauses joined by `but`/`and`, closed by `.`, drawn again while the sentiment sums to 0
+    (no label); `first_clause` fixes slots of the first clause."""
     while True:
         clauses = [{**random_clause(rng), **(first_clause or {})}]
         clauses += [random_clause(rng) for _ in range(rng.choice((0, 1, 1, 2)))]
@@ -122,12 +121,11 @@ def random_review(rng: random.Random, first_clause: dict | None = None) -> list[
 
 
 def token_scores(words: list[str], visible: list[bool] | None = None) -> np.ndarray:
-    """Signed contribution of each word: polarity x strength, flipped by a pending `not`.
+    """The embedded task's sentiment function: each word's polarity x strength, flipped by a pending `not`.
 
-    `not` negates the next sentiment adjective; adverbs (and hidden words, which in the
-    generated language can only stand where an adverb does) let it pass; any other word
-    cancels it. Hidden words (`visible[i]` False, i.e. masked by [UNK]) contribute 0 and a
-    hidden `not` negates nothing. The sentiment function of the embedded task.
+    `not` negates the next sentiment adjective; adverbs (and hidden words, which in the generated
+    language can only stand where an adverb does) let it pass; any other word cancels it. Hidden
+    words (`visible[i]` False: masked by [UNK]) contribute 0, and a hidden `not` negates nothing.
     """
     visible = visible or [True] * len(words)
     scores, negated = np.zeros(len(words)), False
@@ -141,11 +139,8 @@ def token_scores(words: list[str], visible: list[bool] | None = None) -> np.ndar
 
 
 def true_token_credit(prompt: str, response_tokens: list[str]) -> np.ndarray:
-    """Lexicon credit of each response token (a word string): its signed score, 0 for neutral words.
-
-    The prompt is scanned first, so a prompt ending in `not` negates the response's first
-    adjective. Special tokens such as [EOS] are neutral words here.
-    """
+    """Lexicon credit of each response token (a word string): its signed score, 0 for neutral words
+    and special tokens. The prompt is read first: a trailing `not` negates the first adjective."""
     prompt_words = [w for w in prompt.split() if w not in SPECIAL_TOKENS]
     return token_scores(prompt_words + list(response_tokens))[len(prompt_words) :]
 
@@ -229,12 +224,9 @@ class Task:
 
 # ---- Training the two embedded models -------------------------------------------------
 def train_reward_model(reviews: list[list[str]], tokenizer, config: TaskConfig, rng) -> torch.nn.Module:
-    """A tiny BERT classifier on randomly [UNK]-masked reviews.
-
-    Its margin `logit_pos - logit_neg` is regressed (MSE) onto the sentiment of what stays
-    visible (`token_scores` with hidden words, clipped to +-REWARD_CLIP): a graded reward whose
-    sign is the label. Plain cross-entropy learns the same sign far more slowly at this size.
-    """
+    """A tiny BERT classifier whose margin `logit_pos - logit_neg` is regressed (MSE) onto the sentiment
+    of what stays visible of randomly [UNK]-masked reviews (`token_scores`, clipped to +-REWARD_CLIP):
+    a graded reward whose sign is the label (cross-entropy learns the sign far slower at this size)."""
     size = dict(vocab_size=len(VOCABULARY), max_position_embeddings=64, pad_token_id=0, num_labels=2)
     layers = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
     labels = dict(id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
@@ -280,11 +272,8 @@ def train_policy(reviews: list[list[str]], tokenizer, config: TaskConfig, rng) -
 
 
 def make_prompts(n: int, rng: random.Random) -> tuple[list[str], dict[str, str]]:
-    """Prompts = the first 2-4 words of fresh reviews; each gets a positive demonstration.
-
-    The demonstration keeps the prompt's slots of the first clause, redraws everything
-    after them, and is accepted once the whole review is positive.
-    """
+    """Prompts = the first 2-4 words of fresh reviews, each with a positive demonstration: the
+    prompt's slots of the first clause kept, the rest redrawn until the whole review is positive."""
     prompts, demonstrations = [], {}
     while len(prompts) < n:
         first = random_clause(rng)
@@ -302,10 +291,24 @@ def make_prompts(n: int, rng: random.Random) -> tuple[list[str], dict[str, str]]
 
 
 # ---- Loading: one path for the embedded cache, hub names and local folders ------------
+def hub_answers(timeout: float = 3.0) -> bool:
+    """Whether the model hub may be asked: not switched off (HF_HUB_OFFLINE), and answering in time."""
+    if huggingface_hub.constants.HF_HUB_OFFLINE:  # read from the environment when imported
+        return False
+    with contextlib.suppress(OSError), socket.create_connection((HUB_HOST, 443), timeout):
+        return True
+    return False  # no connection within `timeout`
+
+
 def load_pretrained(loader, name_or_path: str, what: str, **kwargs):
-    """`loader.from_pretrained` with an error that says what went wrong, not a deep traceback."""
+    """`loader.from_pretrained`, quiet, with one line that says what went wrong. A name that is not a
+    local folder is read from the local hub cache unless the hub answers in seconds (no minute of retries)."""
+    local_only = os.path.isdir(name_or_path) or not hub_answers()
+    verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()  # loading's known-harmless warnings, e.g. unused keys
+    transformers.logging.disable_progress_bar()  # and its weight-loading bars
     try:
-        return loader.from_pretrained(name_or_path, **kwargs)
+        return loader.from_pretrained(name_or_path, local_files_only=local_only, **kwargs)
     except (OSError, ValueError) as error:
         where = "it is not a local folder, and not in the local hub cache (is the network off?): no"
         where = "the local folder exists but holds no loadable" if os.path.isdir(name_or_path) else where
@@ -313,6 +316,10 @@ def load_pretrained(loader, name_or_path: str, what: str, **kwargs):
             f"cannot load the {what} {name_or_path!r}: {where} {what} "
             f"({type(error).__name__}: {str(error).splitlines()[0]})"
         ) from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.logging.enable_progress_bar()
 
 
 def load_policy(name_or_path: str):
@@ -352,10 +359,8 @@ def read_prompts(path: str, val_fraction: float) -> tuple[list[str], list[str], 
 def cache_folder(config: TaskConfig) -> str:
     ignored = ("cache_dir", "policy", "reward_model", "prompts")  # not part of what is built
     settings = {k: v for k, v in asdict(config).items() if k not in ignored}
-    key = hashlib.sha1(
-        json.dumps({**settings, "version": CACHE_VERSION}, sort_keys=True).encode()
-    ).hexdigest()
-    return os.path.join(config.cache_dir, f"embedded-{key[:12]}")
+    key = json.dumps({**settings, "version": CACHE_VERSION}, sort_keys=True).encode()
+    return os.path.join(config.cache_dir, f"embedded-{hashlib.sha1(key).hexdigest()[:12]}")
 
 
 def build_embedded(folder: str, config: TaskConfig) -> None:
@@ -391,11 +396,8 @@ def build_embedded(folder: str, config: TaskConfig) -> None:
 
 
 def build_task(config: TaskConfig) -> Task:
-    """The embedded task (built once, then read from the cache), or a real model pair.
-
-    Each of `policy`, `reward_model` and `prompts` that is given replaces its embedded
-    counterpart; ground-truth credit exists only when none is replaced.
-    """
+    """The embedded task (built once, then read from the cache), or a real model pair: each of
+    `policy`, `reward_model`, `prompts` given replaces its embedded counterpart (and the true credit)."""
     embedded = (config.policy, config.reward_model, config.prompts) == (None, None, None)
     policy_path = reward_path = None
     if None in (config.policy, config.reward_model, config.prompts):
@@ -426,8 +428,7 @@ def score(
 ) -> torch.Tensor:
     """R = logit_pos - logit_neg of the RM on `prompt + response` (N,); a 1-logit RM gives its logit.
 
-    Responses carry their own leading space, so `prompt + response` is the whole text.
-    A text longer than the RM's position limit is an error, not a silent truncation.
+    Responses carry their own leading space. A text over the RM's position limit is an error.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"got {len(prompts)} prompts for {len(responses)} responses")
@@ -440,8 +441,7 @@ def score(
         if lengths.max() > limit:
             longest = start + int(lengths.argmax())
             raise ValueError(
-                f"text {texts[longest]!r} has {int(lengths.max())} reward-model tokens; "
-                f"the reward model reads at most {limit}"
+                f"text {texts[longest]!r}: {int(lengths.max())} RM tokens, at most {limit} expected"
             )
         logits = reward_model(**enc.to(reward_model.device)).logits.float()  # (b, labels)
         pos = positive_label(reward_model)

@@ -34,7 +34,7 @@ import run  # noqa: E402
 import shaping  # noqa: E402
 
 METHODS = ("sparse", "uniform", "abc", "shap", "lime")
-BEST_WEIGHTS = {"attention": 0.1, "shap": 0.49, "lime": 0.41}  # a default run's BO best, rounded
+BEST_WEIGHTS = {"attention": 0.1, "shap": 0.49, "lime": 0.41}  # BO best under --objective auc, rounded
 
 
 def parse() -> tuple[argparse.Namespace, list[str]]:

@@ -4,6 +4,8 @@ import copy
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -182,6 +184,51 @@ def test_a_folder_holding_a_run_with_other_training_options_is_refused(tmp_path,
         run.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--learning-rate", "1e-4"]))
     assert exit_info.value.code == 2
     assert "other options {'learning_rate': (0.0002, 0.0001)}" in capsys.readouterr().err
+
+
+def test_an_unloadable_model_name_fails_in_one_line_and_claims_no_folder(tmp_path, task_cache, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(
+            ["--quick", "--policy", "no-such-org/no-such-model", "--out", str(out), "--cache-dir", task_cache]
+        )
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "cannot load the policy tokenizer 'no-such-org/no-such-model'" in lines[0]
+    assert not (out / "config.json").exists()  # the corrected retry may use the folder with any options
+
+
+def test_a_live_run_holds_its_folder_and_a_killed_one_leaves_no_stuck_lock(tmp_path, capsys):
+    hold = "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX); print('held')"
+    holder = subprocess.Popen(
+        [sys.executable, "-u", "-c", hold + "; time.sleep(60)", str(tmp_path / ".lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline() == "held\n"
+    with pytest.raises(SystemExit) as exit_info, run.locked(str(tmp_path)):
+        pass
+    assert exit_info.value.code == 2 and "is in use by another run.py" in capsys.readouterr().err
+    holder.kill()
+    holder.wait()
+    assert (tmp_path / ".lock").exists()  # the killed run's lock file stays; its lock does not
+    with run.locked(str(tmp_path)):
+        pass
+
+
+def test_a_nan_reward_stops_the_run_naming_the_arm_and_writes_no_nan(tmp_path, task_cache, monkeypatch):
+    build_setup = run.build_setup
+
+    def setup_with_a_nan_reward(options):
+        setup = build_setup(options)
+        setup.reward_fn = lambda prompts, responses: torch.full((len(prompts),), float("nan"))
+        return setup
+
+    monkeypatch.setattr(run, "build_setup", setup_with_a_nan_reward)
+    with pytest.raises(RuntimeError, match="arm sparse, iteration 0: a non-finite evaluation"):
+        run.main(["--quick", "--out", str(tmp_path), "--cache-dir", task_cache])
+    assert not list(tmp_path.rglob("*.json*")) or [p.name for p in tmp_path.rglob("*.json*")] == [
+        "config.json"
+    ]
 
 
 def test_quick_run_has_a_folder_of_its_own():

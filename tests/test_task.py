@@ -1,5 +1,6 @@
 """The embedded task: tokenizer, ground truth, reward model, SFT policy, cache and loaders."""
 
+import contextlib
 import itertools
 import math
 import os
@@ -8,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
+import transformers
 
 import reward_attribution as ra
 import task
@@ -171,7 +173,7 @@ def test_score_is_the_logit_margin_and_rejects_long_texts(embedded_task):
     logits = rm(**tokenizer(["the plot was superb ."], return_tensors="pt")).logits[0]
     margin = task.score(rm, tokenizer, ["the plot"], [" was superb ."])
     assert torch.allclose(margin, (logits[1] - logits[0]).reshape(1), atol=1e-5)
-    with pytest.raises(ValueError, match="reads at most 64"):
+    with pytest.raises(ValueError, match="at most 64 expected"):
         task.score(rm, tokenizer, ["the plot"], [" was good" * 40])
 
 
@@ -255,6 +257,36 @@ def test_unloadable_model_and_bad_prompts_files_are_clear_errors(tmp_path):
     (tmp_path / "blank.txt").write_text("\n  \n")
     with pytest.raises(ValueError, match="has 0 prompts"):
         task.read_prompts(str(tmp_path / "blank.txt"), 0.1)
+
+
+def test_the_hub_is_asked_only_when_it_answers_and_loading_is_quiet(monkeypatch):
+    seen = []  # (local_files_only, progress bars on) at each load
+
+    class Loader:
+        @staticmethod
+        def from_pretrained(name, local_files_only):
+            seen.append((local_files_only, transformers.logging.is_progress_bar_enabled()))
+            raise OSError("no such model")
+
+    def unreachable(*args):
+        raise OSError("network is unreachable")
+
+    bars, verbosity = transformers.logging.is_progress_bar_enabled(), transformers.logging.get_verbosity()
+    monkeypatch.setattr(task.huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(task.socket, "create_connection", unreachable)
+    assert not task.hub_answers()
+    with pytest.raises(ValueError, match="cannot load the policy 'org/model': it is not a local folder"):
+        task.load_pretrained(Loader, "org/model", "policy")  # from the local cache only: no retries
+    monkeypatch.setattr(task.socket, "create_connection", lambda *args: contextlib.nullcontext())
+    assert task.hub_answers()
+    with pytest.raises(ValueError):
+        task.load_pretrained(Loader, "org/model", "policy")
+    monkeypatch.setattr(task.huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert not task.hub_answers()  # switched off: not even asked
+    assert seen == [(True, False), (False, False)]
+    assert (transformers.logging.is_progress_bar_enabled(), transformers.logging.get_verbosity()) == (
+        bars, verbosity,
+    )  # fmt: skip
 
 
 def test_prompts_file_with_demonstrations(tmp_path):
