@@ -133,19 +133,18 @@ class RayActors(Workers):
         import ray
 
         self.ray, self.started = ray, not ray.is_initialized()
-        if self.started and options.ray_address is None:
+        if self.started:
+            local = dict(num_cpus=options.workers * options.threads, include_dashboard=False)
             ray.init(
-                num_cpus=options.workers * options.threads,
-                include_dashboard=False,
+                **(dict(address=options.ray_address) if options.ray_address else local),
                 logging_level=logging.ERROR,
             )
-        elif self.started:
-            ray.init(address=options.ray_address, logging_level=logging.ERROR)
         gpus = int(ray.cluster_resources().get("GPU", 0)) if options.ray_address else 0
         cpus = int(ray.cluster_resources().get("CPU", 1))
         each = dict(num_gpus=1) if gpus and options.device != "cpu" else dict(num_cpus=options.threads)
         count = max(1, min(options.workers, gpus if "num_gpus" in each else cpus // options.threads))
-        code = {"env_vars": {"PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}}  # on every machine
+        here = os.path.dirname(os.path.abspath(__file__))  # the repository, at this path on every machine
+        code = {"env_vars": {"PYTHONPATH": here + ":${PYTHONPATH}"}}
         actor = ray.remote(**each, runtime_env=code)(Worker)
         self.actors = [actor.remote(build_setup, train, options, os.getcwd()) for _ in range(count)]
         free, self.mine = list(self.actors), threading.local()
