@@ -24,7 +24,7 @@ sys.path.insert(0, ROOT)
 import run  # noqa: E402
 
 
-def wall_seconds(argv: list[str]) -> float:
+def wall_seconds(argv: list[str], label: str) -> float:
     """Seconds of one `python run.py ARGV --out TMP` process; its output goes to a log, shown if it fails."""
     with tempfile.TemporaryDirectory() as out:
         log_path = os.path.join(out, "log.txt")
@@ -35,26 +35,26 @@ def wall_seconds(argv: list[str]) -> float:
             seconds = time.time() - start
         if code != 0:
             sys.exit(f"run.py {' '.join(argv)} exited with {code}:\n{open(log_path).read()[-3000:]}")
-    print(f"  run.py {' '.join(argv)}: {seconds:.1f} s", flush=True)
+    print(f"  {label}: {seconds:.1f} s", flush=True)
     return seconds
 
 
 def main():
     extra = sys.argv[1:]
     options = run.parse_options(extra)  # checks the options before any timing
-    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; building the task cache first")
+    print(f"run.py {' '.join(extra)}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     run.build_setup(options)
 
     print("(a)-(c) whole runs:")
-    sequential = wall_seconds([*extra, "--workers", "1", "--threads", "1"])
-    workers = wall_seconds([*extra, "--workers", "2", "--threads", "1"])
-    threads = wall_seconds([*extra, "--workers", "1", "--threads", "2"])
+    sequential = wall_seconds([*extra, "--workers", "1", "--threads", "1"], "(a)")
+    workers = wall_seconds([*extra, "--workers", "2", "--threads", "1"], "(b)")
+    threads = wall_seconds([*extra, "--workers", "1", "--threads", "2"], "(c)")
 
     print("(d) --quick, quiet and beside one busy process:")
-    quiet = wall_seconds([*extra, "--quick"])
+    quiet = wall_seconds([*extra, "--quick"], "quiet")
     busy_process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        busy = wall_seconds([*extra, "--quick"])
+        busy = wall_seconds([*extra, "--quick"], "beside a busy process")
     finally:
         busy_process.kill()
         busy_process.wait()
@@ -63,6 +63,7 @@ def main():
     print(f"(b) --workers 2 --threads 1  {workers:7.1f} s   (b)/(a) = {workers / sequential:.2f}")
     print(f"(c) --workers 1 --threads 2  {threads:7.1f} s   (c)/(a) = {threads / sequential:.2f}")
     print(f"(b)/(c) = {workers / threads:.2f} (target <= 0.7)")
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
     print(f"(d) --quick quiet {quiet:.1f} s, beside a busy process {busy:.1f} s: "
           f"busy/quiet = {busy / quiet:.2f} (target <= 2)")  # fmt: skip
 
