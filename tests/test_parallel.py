@@ -5,7 +5,6 @@ import dataclasses
 import json
 
 import pytest
-import ray
 import torch
 
 import parallel
@@ -49,6 +48,8 @@ def spy_on_workers(monkeypatch) -> list:
 
 
 def test_two_ray_workers_train_the_same_arms_and_trials_as_one(tmp_path, task_cache, one_worker, monkeypatch):
+    import ray  # here, not at the top: the pool's processes import this file too
+
     made = spy_on_workers(monkeypatch)
     ray.init(num_cpus=2, include_dashboard=False)
     try:
