@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 import bayes_opt
+import parallel
 import ppo
 import report
 import reward_attribution
@@ -72,6 +73,9 @@ class Options:
     cache_dir: str = option(".cache/task", "where the embedded task's models are cached")
     device: str = option("auto", "auto, cpu or cuda")
     threads: int = option(1, "CPU threads for torch (tiny models: more threads wait on each other)")
+    workers: int = option(1, "arms trained at once, each in a process of its own (parallel.py)")
+    bo_batch: int = option(1, "BO trials asked per round and trained together (kriging believer)")
+    ray_address: str | None = option(None, "a running Ray cluster to train the arms on ('auto': this one's)")
     quick: bool = option(False, "smoke run in runs/quick: 4 iterations, 2 trials, batch 16, one confirm seed")
 
 
@@ -86,7 +90,7 @@ QUICK = dict(iterations=4, trials=2, batch_size=16, eval_every=2, eval_prompts=1
 EXPERIMENT_OPTIONS = (  # options that change what a finished arm means
     "iterations", "batch_size", "seed", "learning_rate", "kl_coef", "target_kl", "kl_horizon", "eval_every",
     "eval_prompts", "lime_samples", "policy", "reward_model", "prompts", "max_new_tokens", "min_new_tokens",
-    "objective",
+    "objective", "bo_batch",
 )  # fmt: skip
 
 
@@ -106,7 +110,7 @@ def parse_options(argv=None) -> Options:
     if options.quick:  # its own folder by default, so that a full run afterwards does not clash
         options = replace(options, **QUICK, out="runs/quick" if options.out == Options.out else options.out)
     at_least = dict(trials=0, iterations=1, batch_size=2, min_new_tokens=0, max_new_tokens=1, eval_every=1,
-                    eval_prompts=1, confirm_seeds=0, lime_samples=2, threads=1)  # fmt: skip
+        eval_prompts=1, confirm_seeds=0, lime_samples=2, threads=1, workers=1, bo_batch=1)  # fmt: skip
     for name, low in at_least.items():
         if getattr(options, name) < low:
             parser.error(f"--{name.replace('_', '-')} {getattr(options, name)}: expected >= {low}")
@@ -117,6 +121,7 @@ def parse_options(argv=None) -> Options:
         (options.target_kl is None or options.target_kl > 0, f"--target-kl {options.target_kl} <= 0"),
         (options.objective in ("regularised", "auc"), f"--objective {options.objective!r}: expected "
          "'regularised' or 'auc'"),
+        (options.ray_address is None or parallel.has_ray(), "--ray-address needs ray: pip install ray"),
     ]  # fmt: skip
     for ok, message in checks:
         if not ok:
@@ -394,46 +399,43 @@ def main(argv=None) -> dict:
 def experiment(setup: Setup, options: Options) -> dict:
     """Baselines, the BO loop, confirmation and report, over the arms the folder does not hold yet."""
     new_arm = dict(kl_coef=options.kl_coef)
+    with parallel.workers(options, setup, build_setup, finished_or_trained) as workers:
+        # 1. Baselines: each a full PPO run from the SFT reference with the same budget.
+        baselines = {name: BASELINES[name] for name in options.baselines.split(",") if name}
+        if "rcfd" in baselines and setup.rcfd_reward_fn is None:
+            print("RCfD skipped: not every training prompt has a demonstration")
+            del baselines["rcfd"]
+        if options.weights is not None:
+            baselines["custom"] = report.read_json(options.weights)
+        batch = [Arm(name, "baseline", name, w, options.seed, **new_arm) for name, w in baselines.items()]
+        arms = {arm.name: arm for arm in workers.train(batch, rcfd=("rcfd",))}
 
-    # 1. Baselines: each a full PPO run from the SFT reference with the same budget.
-    arms = {}
-    baselines = {name: BASELINES[name] for name in options.baselines.split(",") if name}
-    if "rcfd" in baselines and setup.rcfd_reward_fn is None:
-        print("RCfD skipped: not every training prompt has a demonstration")
-        del baselines["rcfd"]
-    if options.weights is not None:
-        baselines["custom"] = report.read_json(options.weights)
-    for name, weights in tqdm(baselines.items(), desc="baselines", disable=None):
-        arm = Arm(name, "baseline", name, weights, options.seed, **new_arm)
-        arms[name] = finished_or_trained(arm, setup, options, rcfd=name == "rcfd")
+        # 2. Bayesian optimisation of the weights: ask a batch -> train fresh policies -> tell J(w). The
+        #    baselines on the same simplex (same seed and budget) are told first, as free observations of J.
+        components = options.components.split(",")
+        optimizer = bayes_opt.BayesOpt(components, os.path.join(options.out, "trials.jsonl"), options.seed)
+        told = {trial["info"]["arm"] for trial in optimizer.trials}
+        for name, arm in arms.items():
+            if name != "rcfd" and name not in told and set(arm.weights) <= set(components):
+                tell(optimizer, components, arm, options)
+        n_baselines = sum(trial["info"]["arm"] in baselines for trial in optimizer.trials)
+        for name in [trial["info"]["arm"] for trial in optimizer.trials[n_baselines:]]:  # before a resume
+            arms[name] = Arm.from_json(report.read_json(arm_path(options, name)))
+        while (k := len(optimizer.trials) - n_baselines) < options.trials:
+            # Trial k: its own seed (J(w) is noisy over seeds, which the GP models), named by its log line.
+            asked = optimizer.ask(min(options.bo_batch, options.trials - k))
+            batch = [Arm(f"trial-{n_baselines + k + j}", "trial", "trial", w, options.seed + TRIAL_SEED_OFFSET
+                         + k + j, **new_arm) for j, w in enumerate(asked)]  # fmt: skip
+            for arm in workers.train(batch):  # told in the order asked
+                arms[arm.name] = arm
+                tell(optimizer, components, arm, options)
+        best_weights, _ = optimizer.best()
 
-    # 2. Bayesian optimisation of the weights: ask -> train a fresh policy -> tell J(w).
-    #    The baselines that are points of the same simplex were trained with the same seed and
-    #    budget: they are told first, as free observations of J.
-    components = options.components.split(",")
-    log_path = os.path.join(options.out, "trials.jsonl")
-    optimizer = bayes_opt.BayesOpt(components, log_path=log_path, seed=options.seed)
-    told = {trial["info"]["arm"] for trial in optimizer.trials}
-    for name, arm in arms.items():
-        if name != "rcfd" and name not in told and set(arm.weights) <= set(components):
-            tell(optimizer, components, arm, options)
-    n_baselines = sum(trial["info"]["arm"] in baselines for trial in optimizer.trials)
-    for trial in optimizer.trials[n_baselines:]:  # BO trials finished before a resume
-        arms[trial["info"]["arm"]] = Arm.from_json(report.read_json(arm_path(options, trial["info"]["arm"])))
-    for k in tqdm(range(len(optimizer.trials) - n_baselines, options.trials), desc="BO trials", disable=None):
-        # A seed of its own per trial (J(w) is noisy over seeds, which the GP models); named by its log line.
-        name = f"trial-{len(optimizer.trials)}"
-        arm = Arm(name, "trial", "trial", optimizer.ask(), options.seed + TRIAL_SEED_OFFSET + k, **new_arm)
-        arms[name] = finished_or_trained(arm, setup, options)
-        tell(optimizer, components, arms[name], options)
-    best_weights, _ = optimizer.best()
-
-    # 3. Confirm: the best weights and sparse again, at fresh seeds.
-    fresh_seeds = range(options.seed + 1, options.seed + 1 + options.confirm_seeds)
-    for seed in tqdm(fresh_seeds, desc="confirm", disable=None):
-        for group, weights in [("bo-best", best_weights), ("sparse", BASELINES["sparse"])]:
-            arm = Arm(f"{group}-seed{seed}", "confirm", group, weights, seed, **new_arm)
-            arms[arm.name] = finished_or_trained(arm, setup, options)
+        # 3. Confirm: the best weights and sparse again, at fresh seeds.
+        fresh_seeds = range(options.seed + 1, options.seed + 1 + options.confirm_seeds)
+        groups = [("bo-best", best_weights), ("sparse", BASELINES["sparse"])]
+        batch = [Arm(f"{g}-seed{s}", "confirm", g, w, s, **new_arm) for s in fresh_seeds for g, w in groups]
+        arms |= {arm.name: arm for arm in workers.train(batch)}
 
     # 4. Report: tables, curves, the frontier and the credit every method gives each token.
     arm_weights = {name: arm.weights for name, arm in arms.items() if name != "rcfd"}  # RCfD explains R_cfd

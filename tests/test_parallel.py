@@ -1,0 +1,122 @@
+"""parallel.py through run.py: the trial log and every arm's curve do not depend on --workers, on
+Ray or on a process pool; a failing arm stops the run and keeps the finished ones; the options' checks."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import parallel
+import run
+
+# 4 baselines told to the BO first, so the batch of 2 trials is the GP's (kriging believer)
+ARGV = (
+    "--iterations 2 --eval-every 1 --batch-size 8 --eval-prompts 8 --lime-samples 16 --trials 2 --bo-batch 2 "
+)
+ARGV = (ARGV + "--confirm-seeds 1 --baselines sparse,abc,shap,lime").split()
+FINISHED_OR_TRAINED = run.finished_or_trained
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """run.main sets torch's thread count; put it back for the other test files."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def outcome(out) -> tuple[list, dict]:
+    """The trial log's lines and every finished arm's (seed, weights, curve), by file name."""
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    arms = {path.name: json.loads(path.read_text()) for path in sorted((out / "arms").glob("*.json"))}
+    return trials, {name: (arm["seed"], arm["weights"], arm["curve"]) for name, arm in arms.items()}
+
+
+@pytest.fixture(scope="module")
+def one_worker(tmp_path_factory, task_cache):
+    """The run with --workers 1: every arm trained in the test's own process."""
+    out = tmp_path_factory.mktemp("one-worker")
+    run.main([*ARGV, "--out", str(out), "--cache-dir", task_cache])
+    return outcome(out)
+
+
+def spy_on_workers(monkeypatch) -> list:
+    made, workers = [], parallel.workers
+    monkeypatch.setattr(parallel, "workers", lambda *args: made.append(workers(*args)) or made[-1])
+    return made
+
+
+def test_two_ray_workers_train_the_same_arms_and_trials_as_one(tmp_path, task_cache, one_worker, monkeypatch):
+    import ray  # here, not at the top: the pool's processes import this file too
+
+    made = spy_on_workers(monkeypatch)
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        run.main([*ARGV, "--workers", "2", "--out", str(tmp_path), "--cache-dir", task_cache])
+    finally:
+        ray.shutdown()
+    assert [type(workers) for workers in made] == [parallel.RayActors]
+    trials, arms = outcome(tmp_path)
+    assert [trial["info"]["arm"] for trial in trials] == [
+        "sparse",
+        "abc",
+        "shap",
+        "lime",
+        "trial-4",
+        "trial-5",
+    ]
+    assert trials[4]["weights"] != trials[5]["weights"]  # one batch of two distinct points
+    assert arms["trial-5.json"][0] == arms["trial-4.json"][0] + 1  # trial k trains at seed + 100 + k
+    assert (trials, arms) == one_worker  # values, seeds and curves, float for float
+
+
+def fail_lime(arm, setup, options, rcfd=False):
+    """run.finished_or_trained, with a NaN reward for the arm "lime": train_arm raises on it."""
+    if arm.name == "lime":
+        nan = lambda prompts, responses: torch.full((len(prompts),), float("nan"))  # noqa: E731
+        setup = dataclasses.replace(setup, reward_fn=nan)
+    return FINISHED_OR_TRAINED(arm, setup, options, rcfd)
+
+
+def test_a_process_pool_trains_the_same_arms_and_a_failing_arm_stops_the_run(
+    tmp_path, task_cache, one_worker, monkeypatch
+):
+    made = spy_on_workers(monkeypatch)
+    monkeypatch.setattr(parallel, "has_ray", lambda: False)
+    monkeypatch.setattr(run, "finished_or_trained", fail_lime)  # the pool's processes import this file
+    with pytest.raises(RuntimeError, match="arm lime, iteration 0: a non-finite evaluation"):
+        run.main([*ARGV, "--workers", "2", "--out", str(tmp_path), "--cache-dir", task_cache])
+    assert [type(workers) for workers in made] == [parallel.ProcessPool]
+    arms = {path.name: json.loads(path.read_text()) for path in (tmp_path / "arms").glob("*.json")}
+    # lime, the last baseline, starts once a worker is free: after two of sparse, abc and shap finished
+    assert len(arms) >= 2 and set(arms) <= {"sparse.json", "abc.json", "shap.json"}
+    assert all(
+        (arm["seed"], arm["weights"], arm["curve"]) == one_worker[1][name] for name, arm in arms.items()
+    )
+    assert not (tmp_path / "trials.jsonl").exists()  # the run stopped before the BO
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--workers", "0"], "--workers 0: expected >= 1"),
+        (["--bo-batch", "0"], "--bo-batch 0: expected >= 1"),
+        (["--ray-address", "auto"], "--ray-address needs ray: pip install ray"),
+    ],
+)
+def test_bad_parallel_options_exit_with_a_clear_message(capsys, monkeypatch, extra, message):
+    monkeypatch.setattr(parallel, "has_ray", lambda: False)  # as where ray is not installed
+    with pytest.raises(SystemExit) as exit_info:
+        run.parse_options(extra)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+
+
+def test_bo_batch_is_an_experiment_option_and_workers_is_not(tmp_path, capsys):
+    run.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))
+    run.report.write_json(str(tmp_path / "arms" / "sparse.json"), {})
+    run.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--workers", "3"]))
+    with pytest.raises(SystemExit) as exit_info:
+        run.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--bo-batch", "4"]))
+    assert exit_info.value.code == 2 and "other options {'bo_batch': (1, 4)}" in capsys.readouterr().err
