@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import copy
 import fcntl
+import glob
 import math
 import os
 import sys
@@ -339,13 +340,12 @@ def arm_path(options: Options, name: str) -> str:
 
 def claim_output_folder(options: Options) -> None:
     """Write config.json, or exit if the folder holds finished arms trained with other options."""
-    config_path, arms_folder = os.path.join(options.out, "config.json"), os.path.join(options.out, "arms")
-    finished = (
-        [n for n in os.listdir(arms_folder) if n.endswith(".json")] if os.path.isdir(arms_folder) else []
-    )
+    config_path = os.path.join(options.out, "config.json")
+    finished = glob.glob(os.path.join(options.out, "arms", "*.json"))
     if os.path.exists(config_path) and finished:
-        before, now = report.read_json(config_path), asdict(options)
-        changed = {k: (before.get(k), now[k]) for k in EXPERIMENT_OPTIONS if before.get(k) != now[k]}
+        now = asdict(options)
+        before = asdict(Options()) | report.read_json(config_path)  # a newer option ran at its default
+        changed = {k: (before[k], now[k]) for k in EXPERIMENT_OPTIONS if before[k] != now[k]}
         if changed:
             fail(f"{options.out!r} holds a run with other options {changed} (old, new); pick another --out")
         print(f"resuming: {len(finished)} finished arms found in {options.out}")

@@ -117,6 +117,9 @@ def test_bo_batch_is_an_experiment_option_and_workers_is_not(tmp_path, capsys):
     run.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))
     run.report.write_json(str(tmp_path / "arms" / "sparse.json"), {})
     run.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--workers", "3"]))
+    older = {k: v for k, v in run.report.read_json(str(tmp_path / "config.json")).items() if k != "bo_batch"}
+    run.report.write_json(str(tmp_path / "config.json"), older)  # a folder from before --bo-batch existed
+    run.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))  # it ran with batches of 1
     with pytest.raises(SystemExit) as exit_info:
         run.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--bo-batch", "4"]))
     assert exit_info.value.code == 2 and "other options {'bo_batch': (1, 4)}" in capsys.readouterr().err
