@@ -29,19 +29,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 
-import numpy as np
-import torch
-from tqdm.auto import tqdm
-
-import bayes_opt
-import parallel
-import ppo
-import report
-import reward_attribution
-import shaping
-import task
-from report import Arm
-
 
 def option(default, description: str):
     return field(default=default, metadata={"help": description})
@@ -80,6 +67,35 @@ class Options:
     quick: bool = option(False, "smoke run in runs/quick: 4 iterations, 2 trials, batch 16, one confirm seed")
 
 
+def option_parser() -> argparse.ArgumentParser:
+    """One --flag per field of Options, its default shown once in its help."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for f in fields(Options):
+        flag, description = "--" + f.name.replace("_", "-"), f.metadata["help"]
+        if f.type is bool:
+            parser.add_argument(flag, action="store_true", help=description)
+        else:
+            kind = int if f.type is int else float if "float" in str(f.type) else str
+            parser.add_argument(flag, type=kind, default=f.default, help=f"{description} ({f.default})")
+    return parser
+
+
+if __name__ == "__main__":
+    option_parser().parse_args()  # --help and a malformed option answer here, before seconds of imports
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import bayes_opt
+import parallel
+import ppo
+import report
+import reward_attribution
+import shaping
+import task
+from report import Arm
+
 BASELINES = {  # arm -> credit weights; RCfD also swaps the reward (see train_arm)
     "sparse": {"sparse": 1.0}, "uniform": {"uniform": 1.0}, "abc": {"attention": 0.8, "sparse": 0.2},
     "shap": {"shap": 1.0}, "lime": {"lime": 1.0}, "rcfd": {"sparse": 1.0},
@@ -97,16 +113,7 @@ EXPERIMENT_OPTIONS = (  # options that change what a finished arm means
 
 def parse_options(argv=None) -> Options:
     """Parse and check every option before any work: argparse's exit code 2 and one line."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for f in fields(Options):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool:
-            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
-        else:
-            kind = int if f.type is int else float if "float" in str(f.type) else str
-            parser.add_argument(
-                flag, type=kind, default=f.default, help=f"{f.metadata['help']} ({f.default})"
-            )
+    parser = option_parser()
     options = Options(**vars(parser.parse_args(argv)))
     if options.quick:  # its own folder by default, so that a full run afterwards does not clash
         options = replace(options, **QUICK, out="runs/quick" if options.out == Options.out else options.out)
@@ -178,16 +185,14 @@ def build_setup(options: Options) -> Setup:
 
     has_demos = all(the_task.demonstrations.get(p) is not None for p in the_task.train_prompts)
     reward_tokenizer = the_task.reward_tokenizer
-    mask_string = reward_tokenizer.unk_token if the_task.embedded else reward_tokenizer.mask_token
+    mask_string = (None if the_task.embedded else reward_tokenizer.mask_token) or reward_tokenizer.unk_token
     return Setup(
         task=the_task,
         reward_fn=reward_fn,
         rcfd_reward_fn=shaping.rcfd_reward_fn(reward_fn, the_task.demonstrations) if has_demos else None,
         attribution=reward_attribution.AttributionConfig(
-            mask_string=mask_string or reward_tokenizer.unk_token,
-            lime_samples=options.lime_samples,
-            seed=options.seed,
-        ),  # fmt: skip
+            mask_string=mask_string, lime_samples=options.lime_samples, seed=options.seed
+        ),
         ppo_config=ppo.PPOConfig(**{name: getattr(options, name) for name in SHARED_WITH_PPO}),
     )
 
@@ -198,8 +203,7 @@ def build_setup(options: Options) -> Setup:
 def reward_components(setup: Setup, prompt_ids, response_ids, response_mask, methods, rcfd=False):
     """Credit components c^k (each (B, T), summing to R) for the explanations in `methods`, and f(x, y) (B,).
 
-    R is the RM score f(x, y), or with `rcfd` the RCfD score -(f(x, y) - f(x, y_demo))^2, which
-    SHAP and LIME then explain in place of f. Each response is decoded once for every method.
+    R is f(x, y), or with `rcfd` the RCfD score -(f(x, y) - f(x, y_demo))^2, which SHAP and LIME explain.
     """
     prompts, pieces = reward_attribution.response_texts(
         setup.tokenizer, prompt_ids, response_ids, response_mask
@@ -308,17 +312,13 @@ def credit_examples(setup: Setup, options: Options, arm_weights: dict) -> dict:
     components, _ = reward_components(
         setup, enc["input_ids"], response_ids, response_mask, shaping.ATTRIBUTIONS
     )
-    credit = {
-        name: shaping.shape(components, weights) for name, weights in arm_weights.items()
-    }  # (B, T) each
+    credit = {name: shaping.shape(components, w) for name, w in arm_weights.items()}  # (B, T) each
     lengths = response_mask.sum(1).tolist()
     tokens = [setup.tokenizer.convert_ids_to_tokens(row[: int(n)]) for row, n in zip(response_ids, lengths)]
     truths = {}
     if setup.task.embedded:
-        for truth, credit_of in (
-            ("Shapley truth", task.true_shapley_credit),
-            ("lexicon", task.true_token_credit),
-        ):
+        credit_fns = {"Shapley truth": task.true_shapley_credit, "lexicon": task.true_token_credit}
+        for truth, credit_of in credit_fns.items():
             truths[truth] = torch.zeros_like(response_mask, dtype=torch.float32)  # (B, T)
             for i, (prompt, words) in enumerate(zip(prompts, tokens)):
                 truths[truth][i, : len(words)] = torch.tensor(credit_of(prompt, words))

@@ -244,6 +244,18 @@ def test_help_lists_every_option(capsys):
     assert all("--" + f.replace("_", "-") in text for f in run.Options.__dataclass_fields__)
 
 
+def test_help_answers_before_the_heavy_imports():
+    """`python run.py --help` exits in its first parse, before torch, transformers or shap are imported."""
+    script = (
+        "import runpy, sys\n"
+        "try:\n    runpy.run_path('run.py', run_name='__main__')\n"
+        "except SystemExit:\n    print(sorted({'torch', 'transformers', 'shap'} & set(sys.modules)))"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", script, "--help"], cwd=root, capture_output=True, text=True)
+    assert "--bo-batch" in done.stdout and done.stdout.strip().endswith("[]")
+
+
 def save_real_model_pair(folder, corpus):
     """A GPT-2 policy with a byte-level BPE tokenizer and a DistilBERT RM with a WordPiece
     tokenizer (so the two tokenizers differ), saved as a real checkpoint would be."""
