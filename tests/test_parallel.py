@@ -12,7 +12,7 @@ import run
 
 # 4 baselines told to the BO first, so the batch of 2 trials is the GP's (kriging believer)
 ARGV = (
-    "--iterations 2 --eval-every 1 --batch-size 8 --eval-prompts 8 --lime-samples 16 --trials 2 --bo-batch 2 "
+    "--iterations 1 --eval-every 1 --batch-size 8 --eval-prompts 8 --lime-samples 16 --trials 2 --bo-batch 2 "
 )
 ARGV = (ARGV + "--confirm-seeds 1 --baselines sparse,abc,shap,lime").split()
 FINISHED_OR_TRAINED = run.finished_or_trained

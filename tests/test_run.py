@@ -21,6 +21,10 @@ def restore_threads():
     torch.set_num_threads(threads)
 
 
+# a run smaller than --quick, for the tests of one behaviour: 2 trials and 1 confirmation seed as --quick
+SMALL = "--iterations 2 --eval-every 1 --batch-size 8 --eval-prompts 8 --trials 2 --confirm-seeds 1".split()
+
+
 def test_quick_run_writes_every_artifact(tmp_path, task_cache):
     out = tmp_path / "quick"
     result = run.main(["--quick", "--out", str(out), "--cache-dir", task_cache])
@@ -100,26 +104,16 @@ def test_target_kl_reaches_the_trainer_of_every_arm(tmp_path, task_cache, monkey
         return trainers[-1]
 
     monkeypatch.setattr(run.ppo, "PPOTrainer", recorded)
-    argv = [
-        "--quick",
-        "--baselines",
-        "sparse,shap",
-        "--trials",
-        "1",
-        "--target-kl",
-        "0.01",
-        "--kl-horizon",
-        "64",
-    ]
+    argv = [*SMALL, *"--baselines sparse,shap --trials 1 --target-kl 1000 --kl-horizon 64".split()]
     run.main([*argv, "--out", str(tmp_path), "--cache-dir", task_cache])
-    assert len(trainers) == 6  # two baselines, two trials, bo-best and sparse at one confirm seed
-    # the controller moves beta by a factor 1 +- 0.2 * 16 / 64 per iteration (0 KL at the first)
-    assert all(t.config.target_kl == 0.01 for t in trainers)
-    assert all(t.kl_coef != pytest.approx(0.05, abs=1e-4) for t in trainers)
+    assert len(trainers) == 5  # two baselines, one trial, bo-best and sparse at one confirm seed
+    # KL far below 1000: each of the 2 iterations scales beta by 1 + clip(KL / 1000 - 1, -0.2, 0.2) * 8 / 64
+    assert all(t.config.target_kl == 1000 for t in trainers)
+    assert all(t.kl_coef == pytest.approx(0.05 * (1 - 0.2 * 8 / 64) ** 2) for t in trainers)
 
 
 def test_interrupted_run_resumes_without_repeating_finished_work(tmp_path, task_cache, monkeypatch):
-    argv = ["--quick", "--baselines", "sparse", "--out", str(tmp_path), "--cache-dir", task_cache]
+    argv = [*SMALL, "--baselines", "sparse", "--out", str(tmp_path), "--cache-dir", task_cache]
     train_arm = run.train_arm
 
     def interrupted(arm, *args, **kwargs):
@@ -344,7 +338,7 @@ def test_quick_run_on_a_real_model_pair_with_different_tokenizers(tmp_path):
     out = tmp_path / "out"
     result = run.main(
         [
-            "--quick",
+            *SMALL,
             "--baselines",
             "sparse,abc,shap,lime,rcfd",
             "--out",
