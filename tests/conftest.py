@@ -1,19 +1,30 @@
-"""Shared fixtures: the embedded task is built once per test session into a temporary cache."""
+"""Shared fixtures: the embedded task is built once per test session into a temporary cache, which the
+parallel workers of `pytest -n` share (the first to ask builds it, the others wait and read it)."""
 
+import fcntl
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # no network at test time: a hub name fails at once, no retries
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import task as task_module  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker process: tiny models lose to contention
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
 def task_cache(tmp_path_factory) -> str:
     """A cache folder holding the default embedded task, built once per session."""
-    cache = str(tmp_path_factory.mktemp("task-cache"))
-    task_module.build_task(task_module.TaskConfig(cache_dir=cache))
+    session_root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        session_root = session_root.parent  # the folder every worker's temporary folder sits in
+    cache = str(session_root / "task-cache")
+    with open(cache + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        task_module.build_task(task_module.TaskConfig(cache_dir=cache))
     return cache
 
 
