@@ -32,14 +32,7 @@ def test_quick_run_writes_every_artifact(tmp_path, task_cache):
     # BO trials are named by their line in trials.jsonl, after the 4 baselines told first
     assert set(run.BASELINES) | {"trial-4", "trial-5", "bo-best-seed1", "sparse-seed1"} == arms
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
-    assert [trial["info"]["arm"] for trial in trials] == [
-        "sparse",
-        "abc",
-        "shap",
-        "lime",
-        "trial-4",
-        "trial-5",
-    ]
+    assert [trial["info"]["arm"] for trial in trials] == "sparse abc shap lime trial-4 trial-5".split()
     assert trials[1]["weights"] == {"sparse": 0.2, "attention": 0.8, "shap": 0.0, "lime": 0.0}
     shap_arm = result["arms"]["shap"]
     assert trials[2]["value"] == shap_arm.objective  # the KL-regularised objective by default
