@@ -46,7 +46,7 @@ class Worker:
 
 class Workers:
     """submit(arm, rcfd) -> a Future of the trained Arm; train(arms) -> the arms in submission
-    order, collected as they finish under a bar of arms finished / submitted."""
+    order, collected as they finish under a bar of arms finished / submitted, a line each (also in a log)."""
 
     def __enter__(self):
         self.bar = tqdm(total=0, desc="arms", unit="arm", disable=None)
@@ -62,8 +62,10 @@ class Workers:
         self.bar.total += len(futures)
         self.bar.refresh()
         for future in self.finished(futures):
-            future.result()
+            arm = future.result()
             self.bar.update()
+            self.bar.write(f"{arm.name}: final reward {arm.final:+.2f}, held-out KL {arm.final_kl:.1f} "
+                           f"({self.bar.n} of {self.bar.total} arms)")  # fmt: skip
         return [future.result() for future in futures]
 
     def finished(self, futures):
