@@ -49,7 +49,8 @@ class Workers:
     order, collected as they finish under a bar of arms finished / submitted, a line each (also in a log)."""
 
     def __enter__(self):
-        self.bar = tqdm(total=0, desc="arms", unit="arm", disable=None)
+        self.bar = tqdm(total=0, desc="arms", unit="arm", disable=None)  # off when output is not a terminal
+        self.done, self.submitted = 0, 0
         return self
 
     def __exit__(self, kind, error, traceback):
@@ -59,13 +60,14 @@ class Workers:
     def train(self, arms, rcfd=()) -> list:
         """Train the arms together (those named in rcfd on the RCfD reward); the first error stops the run."""
         futures = [self.submit(arm, arm.name in rcfd) for arm in arms]
-        self.bar.total += len(futures)
+        self.submitted += len(futures)
+        self.bar.total = self.submitted
         self.bar.refresh()
         for future in self.finished(futures):
-            arm = future.result()
+            arm, self.done = future.result(), self.done + 1
             self.bar.update()
             self.bar.write(f"{arm.name}: final reward {arm.final:+.2f}, held-out KL {arm.final_kl:.1f} "
-                           f"({self.bar.n} of {self.bar.total} arms)")  # fmt: skip
+                           f"({self.done} of {self.submitted} arms)")  # fmt: skip
         return [future.result() for future in futures]
 
     def finished(self, futures):

@@ -25,9 +25,14 @@ def restore_threads():
 SMALL = "--iterations 2 --eval-every 1 --batch-size 8 --eval-prompts 8 --trials 2 --confirm-seeds 1".split()
 
 
-def test_quick_run_writes_every_artifact(tmp_path, task_cache):
+def test_quick_run_writes_every_artifact(tmp_path, task_cache, capsys):
     out = tmp_path / "quick"
     result = run.main(["--quick", "--out", str(out), "--cache-dir", task_cache])
+    last = result["arms"]["sparse-seed1"]  # one line per finished arm, the last of 10 trained
+    assert (
+        f"sparse-seed1: final reward {last.final:+.2f}, held-out KL {last.final_kl:.1f} (10 of 10 arms)"
+        in capsys.readouterr().out
+    )
     arms = set(result["arms"])
     # BO trials are named by their line in trials.jsonl, after the 4 baselines told first
     assert set(run.BASELINES) | {"trial-4", "trial-5", "bo-best-seed1", "sparse-seed1"} == arms
