@@ -13,72 +13,20 @@ Every arm is a full PPO run from the same SFT reference with the same budget:
   3. confirm    the best weights and sparse again, at fresh seeds
   4. report     reward against KL (the frontier), at matched KL, with 95% intervals over seeds
 
-This is the only file that wires the stages together. Finished arms and trials are kept in
-the output folder, so an interrupted run picks up where it stopped.
+This is the only file that wires the stages together, in that order from top to bottom; the
+command line and the output folder come last (the options themselves are in cli.py). Finished
+arms and trials are kept in the output folder, so an interrupted run picks up where it stopped.
 """
 
-import argparse
-import contextlib
 import copy
-import fcntl
 import glob
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, replace
 
-
-def option(default, description: str):
-    return field(default=default, metadata={"help": description})
-
-
-@dataclass
-class Options:
-    seed: int = option(0, "seed of everything: sampling, PPO, BO (the task keeps its own seed)")
-    out: str = option("runs/default", "output folder; rerun with the same folder to resume")
-    trials: int = option(6, "Bayesian-optimisation trials (each one a full PPO run)")
-    iterations: int = option(30, "PPO iterations per run")
-    batch_size: int = option(64, "responses per PPO iteration")
-    min_new_tokens: int = option(4, "shortest response (EOS blocked before)")
-    max_new_tokens: int = option(16, "longest response")
-    learning_rate: float = option(2e-4, "AdamW learning rate of the policy and its value head")
-    kl_coef: float = option(0.05, "per-token KL penalty, and the yardstick of J (RCfD trains at 0)")
-    target_kl: float | None = option(None, "KL budget: every arm adapts kl_coef towards this sequence KL")
-    kl_horizon: int = option(10000, "adaptive KL controller horizon, in responses (Ziegler et al. 2019)")
-    objective: str = option("regularised", "BO's J: 'regularised' (reward - kl_coef KL) or 'auc' (of reward)")
-    eval_every: int = option(2, "PPO iterations between two held-out evaluations")
-    eval_prompts: int = option(64, "held-out prompts per evaluation")
-    components: str = option("sparse,attention,shap,lime", "credit components whose weights BO searches")
-    baselines: str = option("sparse,uniform,abc,shap,lime,rcfd", "baseline arms to run")
-    confirm_seeds: int = option(3, "fresh seeds re-running the best weights and sparse")
-    lime_samples: int = option(128, "LIME perturbations per response (fidelity flattens out by ~128)")
-    weights: str | None = option(None, "JSON file of extra fixed weights, run as the baseline 'custom'")
-    policy: str | None = option(None, "policy: hub name or local path (default: the embedded task)")
-    reward_model: str | None = option(None, "reward model: hub name or local path (default: embedded)")
-    prompts: str | None = option(None, "prompts file, one per line, `prompt<TAB>demonstration` optional")
-    cache_dir: str = option(".cache/task", "where the embedded task's models are cached")
-    device: str = option("auto", "auto, cpu or cuda")
-    threads: int = option(1, "CPU threads for torch (tiny models: more threads wait on each other)")
-    workers: int = option(1, "arms trained at once, each in a process of its own (parallel.py)")
-    bo_batch: int = option(1, "BO trials asked per round and trained together (kriging believer)")
-    ray_address: str | None = option(None, "a running Ray cluster to train the arms on ('auto': this one's)")
-    quick: bool = option(False, "smoke run in runs/quick: 4 iterations, 2 trials, batch 16, one confirm seed")
-
-
-def option_parser() -> argparse.ArgumentParser:
-    """One --flag per field of Options, its default shown once in its help."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for f in fields(Options):
-        flag, description = "--" + f.name.replace("_", "-"), f.metadata["help"]
-        if f.type is bool:
-            parser.add_argument(flag, action="store_true", help=description)
-        else:
-            kind = int if f.type is int else float if "float" in str(f.type) else str
-            parser.add_argument(flag, type=kind, default=f.default, help=f"{description} ({f.default})")
-    return parser
-
+from cli import EXPERIMENT_OPTIONS, QUICK, Options, fail, locked, option_parser
 
 if __name__ == "__main__":
     option_parser().parse_args()  # --help and a malformed option answer here, before seconds of imports
@@ -103,52 +51,6 @@ BASELINES = {  # arm -> credit weights; RCfD also swaps the reward (see train_ar
 SHARED_WITH_PPO = ("learning_rate", "min_new_tokens", "max_new_tokens", "kl_coef", "target_kl", "kl_horizon",
                    "device")  # fmt: skip
 TRIAL_SEED_OFFSET = 100  # trial k trains with seed + 100 + k, apart from the confirmation seeds
-QUICK = dict(iterations=4, trials=2, batch_size=16, eval_every=2, eval_prompts=16, confirm_seeds=1)
-EXPERIMENT_OPTIONS = (  # options that change what a finished arm means
-    "iterations", "batch_size", "seed", "learning_rate", "kl_coef", "target_kl", "kl_horizon", "eval_every",
-    "eval_prompts", "lime_samples", "policy", "reward_model", "prompts", "max_new_tokens", "min_new_tokens",
-    "objective", "bo_batch",
-)  # fmt: skip
-
-
-def parse_options(argv=None) -> Options:
-    """Parse and check every option before any work: argparse's exit code 2 and one line."""
-    parser = option_parser()
-    options = Options(**vars(parser.parse_args(argv)))
-    if options.quick:  # its own folder by default, so that a full run afterwards does not clash
-        options = replace(options, **QUICK, out="runs/quick" if options.out == Options.out else options.out)
-    at_least = dict(trials=0, iterations=1, batch_size=2, min_new_tokens=0, max_new_tokens=1, eval_every=1,
-        eval_prompts=1, confirm_seeds=0, lime_samples=2, threads=1, workers=1, bo_batch=1)  # fmt: skip
-    for name, low in at_least.items():
-        if getattr(options, name) < low:
-            parser.error(f"--{name.replace('_', '-')} {getattr(options, name)}: expected >= {low}")
-    checks = [
-        (options.eval_every <= options.iterations, f"--eval-every {options.eval_every} > --iterations"),
-        (options.min_new_tokens <= options.max_new_tokens, "--min-new-tokens > --max-new-tokens"),
-        (options.kl_coef >= 0, f"--kl-coef {options.kl_coef}: expected >= 0"),
-        (options.target_kl is None or options.target_kl > 0, f"--target-kl {options.target_kl} <= 0"),
-        (options.objective in ("regularised", "auc"), f"--objective {options.objective!r}: expected "
-         "'regularised' or 'auc'"),
-        (options.ray_address is None or parallel.has_ray(), "--ray-address needs ray: pip install ray"),
-    ]  # fmt: skip
-    for ok, message in checks:
-        if not ok:
-            parser.error(message)
-    for name in options.components.split(","):
-        if name not in shaping.COMPONENTS:
-            parser.error(f"unknown credit component {name!r} in --components; expected {shaping.COMPONENTS}")
-    for name in options.baselines.split(","):
-        if name and name not in BASELINES:
-            parser.error(f"unknown baseline {name!r} in --baselines; expected some of {tuple(BASELINES)}")
-    for path, what in [(options.prompts, "--prompts"), (options.weights, "--weights")]:
-        if path is not None and not os.path.isfile(path):
-            parser.error(f"{what} file {path!r} does not exist")
-    if options.weights is not None:
-        try:
-            shaping.check_weights(report.read_json(options.weights))
-        except (ValueError, AttributeError) as error:
-            parser.error(f"--weights file {options.weights!r}: {error}")
-    return options
 
 
 # ---------------------------------------------------------------------------------------
@@ -291,111 +193,9 @@ def finished_or_trained(arm: Arm, setup: Setup, options: Options, rcfd: bool = F
     return train_arm(arm, setup, options, rcfd)
 
 
-def credit_examples(setup: Setup, options: Options, arm_weights: dict) -> dict:
-    """The credit each arm's weights give the tokens of SFT responses to held-out prompts.
-
-    On the embedded task each arm's shaped reward r'_t is scored against two truths by Pearson
-    correlation over all real tokens (end-to-end fidelity: RM and explainer together):
-      "Shapley truth"  exact Shapley values of the task's true sentiment game (what SHAP on a
-                       perfect RM returns: for `not great`, -2 on `not` and 0 on `great`)
-      "lexicon"        each adjective its signed strength, `not` nothing (what a person points at)
-    """
-    prompts = setup.task.val_prompts[: options.eval_prompts]
-    enc = setup.tokenizer(prompts, return_tensors="pt", padding=True)
-    device = next(setup.task.policy.parameters()).device  # on a GPU once a PPO run used it as its reference
-    generator = torch.Generator(device).manual_seed(options.seed)
-    response_ids, response_mask = ppo.sample(
-        setup.task.policy, enc["input_ids"].to(device), enc["attention_mask"].to(device), setup.ppo_config,
-        setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id, generator=generator,
-    )  # fmt: skip
-    response_ids, response_mask = response_ids.cpu(), response_mask.cpu()
-    components, _ = reward_components(
-        setup, enc["input_ids"], response_ids, response_mask, shaping.ATTRIBUTIONS
-    )
-    credit = {name: shaping.shape(components, w) for name, w in arm_weights.items()}  # (B, T) each
-    lengths = response_mask.sum(1).tolist()
-    tokens = [setup.tokenizer.convert_ids_to_tokens(row[: int(n)]) for row, n in zip(response_ids, lengths)]
-    truths = {}
-    if setup.task.embedded:
-        credit_fns = {"Shapley truth": task.true_shapley_credit, "lexicon": task.true_token_credit}
-        for truth, credit_of in credit_fns.items():
-            truths[truth] = torch.zeros_like(response_mask, dtype=torch.float32)  # (B, T)
-            for i, (prompt, words) in enumerate(zip(prompts, tokens)):
-                truths[truth][i, : len(words)] = torch.tensor(credit_of(prompt, words))
-    fidelity = {
-        name: {truth: report.fidelity(values, rows, response_mask) for truth, rows in truths.items()}
-        for name, values in credit.items()
-    }
-    credit = {name: values.tolist() for name, values in credit.items()}
-    truths = {truth: rows.tolist() for truth, rows in truths.items()}
-    return {"prompts": prompts, "tokens": tokens, "fidelity": fidelity, "credit": credit, "truths": truths}
-
-
-# ---------------------------------------------------------------------------------------
-# The output folder
-# ---------------------------------------------------------------------------------------
-def arm_path(options: Options, name: str) -> str:
-    return os.path.join(options.out, "arms", f"{name}.json")
-
-
-def claim_output_folder(options: Options) -> None:
-    """Write config.json, or exit if the folder holds finished arms trained with other options."""
-    config_path = os.path.join(options.out, "config.json")
-    finished = glob.glob(os.path.join(options.out, "arms", "*.json"))
-    if os.path.exists(config_path) and finished:
-        now = asdict(options)
-        before = asdict(Options()) | report.read_json(config_path)  # a newer option ran at its default
-        changed = {k: (before[k], now[k]) for k in EXPERIMENT_OPTIONS if before[k] != now[k]}
-        if changed:
-            fail(f"{options.out!r} holds a run with other options {changed} (old, new); pick another --out")
-        print(f"resuming: {len(finished)} finished arms found in {options.out}")
-    report.write_json(config_path, asdict(options))
-
-
-def fail(message: str):
-    """A user's mistake: one line and argparse's exit code, no traceback."""
-    print(f"run.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-@contextlib.contextmanager
-def locked(folder: str):
-    """One run per folder: an exclusive lock, dropped by the OS when the run ends, crashed or not."""
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, ".lock"), "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fail(f"{folder!r} is in use by another run.py; wait for it or pick another --out")
-        yield
-
-
-def tell(optimizer: bayes_opt.BayesOpt, components: list[str], arm: Arm, options: Options) -> None:
-    """Tell the BO J(w) of one finished arm (--objective); the trial log records both objectives."""
-    value = arm.objective if options.objective == "regularised" else arm.auc
-    info = dict(arm=arm.name, regularised=arm.objective, auc=arm.auc, final=arm.final, kl=arm.final_kl)
-    optimizer.tell({c: arm.weights.get(c, 0.0) for c in components}, value, info=info)
-
-
 # ---------------------------------------------------------------------------------------
 # The outer loop, with the baselines before it and the confirmation after it
 # ---------------------------------------------------------------------------------------
-def main(argv=None) -> dict:
-    options = parse_options(argv)
-    torch.set_num_threads(options.threads)
-    torch.manual_seed(options.seed)
-    print(f"building the task (embedded: about a minute the first time, cached in {options.cache_dir})")
-    try:
-        setup = build_setup(options)
-    except ValueError as error:  # a model or prompts file that cannot be loaded: one line, no traceback
-        fail(str(error))
-    if options.batch_size > len(setup.task.train_prompts):
-        fail(f"--batch-size {options.batch_size}: only {len(setup.task.train_prompts)} training prompts")
-    with locked(options.out):
-        claim_output_folder(options)  # only once the models and prompts have loaded
-        return experiment(setup, options)
-
-
 def experiment(setup: Setup, options: Options) -> dict:
     """Baselines, the BO loop, confirmation and report, over the arms the folder does not hold yet."""
     new_arm = dict(kl_coef=options.kl_coef)
@@ -444,6 +244,130 @@ def experiment(setup: Setup, options: Options) -> dict:
     print(summary)
     print(f"results in {options.out}: summary.md, curves.png, frontier.png, tokens.html, curves.csv")
     return {"arms": arms, "best_weights": best_weights}
+
+
+def tell(optimizer: bayes_opt.BayesOpt, components: list[str], arm: Arm, options: Options) -> None:
+    """Tell the BO J(w) of one finished arm (--objective); the trial log records both objectives."""
+    value = arm.objective if options.objective == "regularised" else arm.auc
+    info = dict(arm=arm.name, regularised=arm.objective, auc=arm.auc, final=arm.final, kl=arm.final_kl)
+    optimizer.tell({c: arm.weights.get(c, 0.0) for c in components}, value, info=info)
+
+
+def credit_examples(setup: Setup, options: Options, arm_weights: dict) -> dict:
+    """The credit each arm's weights give the tokens of SFT responses to held-out prompts.
+
+    On the embedded task each arm's shaped reward r'_t is scored against two truths by Pearson
+    correlation over all real tokens (end-to-end fidelity: RM and explainer together):
+      "Shapley truth"  exact Shapley values of the task's true sentiment game (what SHAP on a
+                       perfect RM returns: for `not great`, -2 on `not` and 0 on `great`)
+      "lexicon"        each adjective its signed strength, `not` nothing (what a person points at)
+    """
+    prompts = setup.task.val_prompts[: options.eval_prompts]
+    enc = setup.tokenizer(prompts, return_tensors="pt", padding=True)
+    device = next(setup.task.policy.parameters()).device  # on a GPU once a PPO run used it as its reference
+    generator = torch.Generator(device).manual_seed(options.seed)
+    response_ids, response_mask = ppo.sample(
+        setup.task.policy, enc["input_ids"].to(device), enc["attention_mask"].to(device), setup.ppo_config,
+        setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id, generator=generator,
+    )  # fmt: skip
+    response_ids, response_mask = response_ids.cpu(), response_mask.cpu()
+    components, _ = reward_components(
+        setup, enc["input_ids"], response_ids, response_mask, shaping.ATTRIBUTIONS
+    )
+    credit = {name: shaping.shape(components, w) for name, w in arm_weights.items()}  # (B, T) each
+    lengths = response_mask.sum(1).tolist()
+    tokens = [setup.tokenizer.convert_ids_to_tokens(row[: int(n)]) for row, n in zip(response_ids, lengths)]
+    truths = {}
+    if setup.task.embedded:
+        credit_fns = {"Shapley truth": task.true_shapley_credit, "lexicon": task.true_token_credit}
+        for truth, credit_of in credit_fns.items():
+            truths[truth] = torch.zeros_like(response_mask, dtype=torch.float32)  # (B, T)
+            for i, (prompt, words) in enumerate(zip(prompts, tokens)):
+                truths[truth][i, : len(words)] = torch.tensor(credit_of(prompt, words))
+    fidelity = {
+        name: {truth: report.fidelity(values, rows, response_mask) for truth, rows in truths.items()}
+        for name, values in credit.items()
+    }
+    credit = {name: values.tolist() for name, values in credit.items()}
+    truths = {truth: rows.tolist() for truth, rows in truths.items()}
+    return {"prompts": prompts, "tokens": tokens, "fidelity": fidelity, "credit": credit, "truths": truths}
+
+
+# ---------------------------------------------------------------------------------------
+# The command line and the output folder
+# ---------------------------------------------------------------------------------------
+def main(argv=None) -> dict:
+    options = parse_options(argv)
+    torch.set_num_threads(options.threads)
+    torch.manual_seed(options.seed)
+    print(f"building the task (embedded: about a minute the first time, cached in {options.cache_dir})")
+    try:
+        setup = build_setup(options)
+    except ValueError as error:  # a model or prompts file that cannot be loaded: one line, no traceback
+        fail(str(error))
+    if options.batch_size > len(setup.task.train_prompts):
+        fail(f"--batch-size {options.batch_size}: only {len(setup.task.train_prompts)} training prompts")
+    with locked(options.out):
+        claim_output_folder(options)  # only once the models and prompts have loaded
+        return experiment(setup, options)
+
+
+def parse_options(argv=None) -> Options:
+    """Parse and check every option before any work: argparse's exit code 2 and one line."""
+    parser = option_parser()
+    options = Options(**vars(parser.parse_args(argv)))
+    if options.quick:  # its own folder by default, so that a full run afterwards does not clash
+        options = replace(options, **QUICK, out="runs/quick" if options.out == Options.out else options.out)
+    at_least = dict(trials=0, iterations=1, batch_size=2, min_new_tokens=0, max_new_tokens=1, eval_every=1,
+        eval_prompts=1, confirm_seeds=0, lime_samples=2, threads=1, workers=1, bo_batch=1)  # fmt: skip
+    for name, low in at_least.items():
+        if getattr(options, name) < low:
+            parser.error(f"--{name.replace('_', '-')} {getattr(options, name)}: expected >= {low}")
+    checks = [
+        (options.eval_every <= options.iterations, f"--eval-every {options.eval_every} > --iterations"),
+        (options.min_new_tokens <= options.max_new_tokens, "--min-new-tokens > --max-new-tokens"),
+        (options.kl_coef >= 0, f"--kl-coef {options.kl_coef}: expected >= 0"),
+        (options.target_kl is None or options.target_kl > 0, f"--target-kl {options.target_kl} <= 0"),
+        (options.objective in ("regularised", "auc"), f"--objective {options.objective!r}: expected "
+         "'regularised' or 'auc'"),
+        (options.ray_address is None or parallel.has_ray(), "--ray-address needs ray: pip install ray"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            parser.error(message)
+    for name in options.components.split(","):
+        if name not in shaping.COMPONENTS:
+            parser.error(f"unknown credit component {name!r} in --components; expected {shaping.COMPONENTS}")
+    for name in options.baselines.split(","):
+        if name and name not in BASELINES:
+            parser.error(f"unknown baseline {name!r} in --baselines; expected some of {tuple(BASELINES)}")
+    for path, what in [(options.prompts, "--prompts"), (options.weights, "--weights")]:
+        if path is not None and not os.path.isfile(path):
+            parser.error(f"{what} file {path!r} does not exist")
+    if options.weights is not None:
+        try:
+            shaping.check_weights(report.read_json(options.weights))
+        except (ValueError, AttributeError) as error:
+            parser.error(f"--weights file {options.weights!r}: {error}")
+    return options
+
+
+def arm_path(options: Options, name: str) -> str:
+    return os.path.join(options.out, "arms", f"{name}.json")
+
+
+def claim_output_folder(options: Options) -> None:
+    """Write config.json, or exit if the folder holds finished arms trained with other options."""
+    config_path = os.path.join(options.out, "config.json")
+    finished = glob.glob(os.path.join(options.out, "arms", "*.json"))
+    if os.path.exists(config_path) and finished:
+        now = asdict(options)
+        before = asdict(Options()) | report.read_json(config_path)  # a newer option ran at its default
+        changed = {k: (before[k], now[k]) for k in EXPERIMENT_OPTIONS if before[k] != now[k]}
+        if changed:
+            fail(f"{options.out!r} holds a run with other options {changed} (old, new); pick another --out")
+        print(f"resuming: {len(finished)} finished arms found in {options.out}")
+    report.write_json(config_path, asdict(options))
 
 
 if __name__ == "__main__":
