@@ -64,7 +64,8 @@ class Workers:
         self.bar.total = self.submitted
         self.bar.refresh()
         for future in self.finished(futures):
-            arm, self.done = future.result(), self.done + 1
+            arm = future.result()
+            self.done += 1
             self.bar.update()
             self.bar.write(f"{arm.name}: final reward {arm.final:+.2f}, held-out KL {arm.final_kl:.1f} "
                            f"({self.done} of {self.submitted} arms)")  # fmt: skip
