@@ -1,7 +1,9 @@
-"""The command line of run.py and the lock on its output folder: plumbing, kept apart from the algorithm.
+"""The command line of run.py, its CPU numerics and the lock on its output folder: plumbing, kept apart
+from the algorithm.
 
 Options is the one record of every setting; each field becomes a --flag whose help shows its default once.
-Nothing here imports torch or a stage, so `python run.py --help` answers before run.py's heavy imports.
+Nothing here imports torch or a stage, so `python run.py --help` answers before run.py's heavy imports,
+and the numerics settings can take effect before torch and numpy load.
 """
 
 import argparse
@@ -42,6 +44,11 @@ class Options:
     prompts: str | None = option(None, "prompts file, one per line, `prompt<TAB>demonstration` optional")
     cache_dir: str = option(".cache/task", "where the embedded task's models are cached")
     device: str = option("auto", "auto, cpu or cuda")
+    numerics: str = option(
+        "reproducible",
+        "CPU kernels: 'reproducible' (the same numbers on any x86 CPU) "
+        "or 'native' (the fastest this CPU has)",
+    )
     threads: int = option(1, "CPU threads for torch (tiny models: more threads wait on each other)")
     workers: int = option(1, "arms trained at once, each in a process of its own (parallel.py)")
     bo_batch: int = option(1, "BO trials asked per round and trained together (kriging believer)")
@@ -51,7 +58,7 @@ class Options:
 
 def option_parser() -> argparse.ArgumentParser:
     """One --flag per field of Options, its default shown once in its help."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description="Explainable dense reward shaping for RLHF, end to end.")
     for f in fields(Options):
         flag, description = "--" + f.name.replace("_", "-"), f.metadata["help"]
         if f.type is bool:
@@ -66,8 +73,44 @@ QUICK = dict(iterations=4, trials=2, batch_size=16, eval_every=2, eval_prompts=1
 EXPERIMENT_OPTIONS = (  # options that change what a finished arm means
     "iterations", "batch_size", "seed", "learning_rate", "kl_coef", "target_kl", "kl_horizon", "eval_every",
     "eval_prompts", "lime_samples", "policy", "reward_model", "prompts", "max_new_tokens", "min_new_tokens",
-    "objective", "bo_batch",
+    "objective", "bo_batch", "numerics",
 )  # fmt: skip
+
+
+# Each library picks its CPU kernels when it loads, by what the CPU offers (AVX-512, AVX2, ...), and
+# kernels of different width add in a different order: the last bit of a sum differs, and RL turns it
+# into another run. Each variable below caps one library at the kernels every x86-64 CPU runs:
+REPRODUCIBLE_CPU = {
+    "ATEN_CPU_CAPABILITY": "default",  # torch's own vectorised kernels: the generic build, no AVX
+    "MKL_CBWR": "COMPATIBLE",  # MKL (torch's matrix products): its conditional numerical reproducibility
+    "ONEDNN_MAX_CPU_ISA": "SSE41",  # oneDNN's JIT kernels (torch's GELU): SSE4.1
+}
+
+
+def pin_numerics(mode: str | None = None) -> None:
+    """Set the environment of `mode` for this process and every process it starts (workers, Ray).
+
+    mode None: the --numerics of this process's command line, else run.py's default (for benchmarks).
+    It only takes effect if torch has not loaded yet; `numerics_in_force` checks that it has. 'native'
+    leaves the environment as it is. A value exported by the user is replaced: in the reproducible mode
+    a code path forced from outside must not change a number, as another CPU's path does not.
+    """
+    if mode is None:
+        early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        early.add_argument("--numerics", default=Options.numerics)
+        mode = early.parse_known_args()[0].numerics
+    if mode == "reproducible":
+        os.environ.update(REPRODUCIBLE_CPU)
+
+
+def numerics_in_force(mode: str) -> bool:
+    """Whether this process computes in `mode`: the variables set, and torch loaded after them."""
+    if mode != "reproducible":
+        return True
+    import torch
+
+    pinned = all(os.environ.get(name) == value for name, value in REPRODUCIBLE_CPU.items())
+    return pinned and torch.backends.cpu.get_cpu_capability() == "DEFAULT"
 
 
 def fail(message: str):

@@ -26,6 +26,8 @@ import threading
 import torch
 from tqdm.auto import tqdm
 
+from cli import REPRODUCIBLE_CPU, numerics_in_force
+
 
 def has_ray() -> bool:
     return importlib.util.find_spec("ray") is not None
@@ -36,6 +38,8 @@ class Worker:
 
     def __init__(self, build_setup, train, options, folder):
         os.chdir(folder)  # the parent's working directory: relative --out and --cache-dir mean the same
+        if not numerics_in_force(options.numerics):  # set by the parent's environment or the Ray runtime env
+            raise RuntimeError(f"a worker on {os.uname().nodename} is not in --numerics {options.numerics}")
         torch.set_num_threads(options.threads)
         torch.manual_seed(options.seed)
         self.setup, self.train_fn, self.options = build_setup(options), train, options
@@ -149,7 +153,8 @@ class RayActors(Workers):
         each = dict(num_gpus=1) if gpus and options.device != "cpu" else dict(num_cpus=options.threads)
         count = max(1, min(options.workers, gpus if "num_gpus" in each else cpus // options.threads))
         here = os.path.dirname(os.path.abspath(__file__))  # the repository, at this path on every machine
-        code = {"env_vars": {"PYTHONPATH": here + ":${PYTHONPATH}"}}
+        numerics = REPRODUCIBLE_CPU if options.numerics == "reproducible" else {}  # before torch loads there
+        code = {"env_vars": {"PYTHONPATH": here + ":${PYTHONPATH}", **numerics}}
         actor = ray.remote(**each, runtime_env=code)(Worker)
         self.actors = [actor.remote(build_setup, train, options, os.getcwd()) for _ in range(count)]
         free, self.mine = list(self.actors), threading.local()

@@ -192,7 +192,19 @@ def confirmation(arms: dict[str, Arm], matched: dict) -> str:
     lines[-1] += (
         f"{mean_interval(kl_gap)}." if kl_gap else "not measured (bo-best never reached sparse's KL)."
     )
+    lines.append(f"\nOn J, {verdict(j_gap)}. At matched KL, {verdict(kl_gap) if kl_gap else 'no verdict'}.")
     return "\n".join(lines) + "\n"
+
+
+def verdict(gaps: list[float]) -> str:
+    """Whether bo-best and sparse are distinguishable, in words, from the paired gaps bo-best - sparse."""
+    mean, half_width = interval(gaps)
+    if math.isnan(half_width):
+        return "one pair of seeds gives no interval, so no verdict"
+    if abs(mean) <= half_width:
+        return f"bo-best and sparse are not distinguishable on these {len(gaps)} seeds (the interval holds 0)"
+    side = "ahead of" if mean > 0 else "behind"
+    return f"bo-best is {side} sparse on these {len(gaps)} seeds (the 95% interval excludes 0)"
 
 
 def summary_table(arms: dict[str, Arm], best_weights: dict, fidelity: dict, smoke: bool = False) -> str:

@@ -26,10 +26,19 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
-from cli import EXPERIMENT_OPTIONS, QUICK, Options, fail, locked, option_parser
+from cli import (
+    EXPERIMENT_OPTIONS,
+    QUICK,
+    Options,
+    fail,
+    locked,
+    numerics_in_force,
+    option_parser,
+    pin_numerics,
+)
 
-if __name__ == "__main__":
-    option_parser().parse_args()  # --help and a malformed option answer here, before seconds of imports
+if __name__ == "__main__":  # --help and a malformed option answer before seconds of imports; the CPU
+    pin_numerics(option_parser().parse_args().numerics)  # numerics are set before torch and numpy load
 
 import numpy as np
 import torch
@@ -298,6 +307,9 @@ def credit_examples(setup: Setup, options: Options, arm_weights: dict) -> dict:
 # ---------------------------------------------------------------------------------------
 def main(argv=None) -> dict:
     options = parse_options(argv)
+    if not numerics_in_force(options.numerics):
+        fail(f"--numerics {options.numerics}: torch loaded before its settings; run run.py as a script, or "
+             "call cli.pin_numerics before importing torch")  # fmt: skip
     torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
     print(f"building the task (embedded: about a minute the first time, cached in {options.cache_dir})")
@@ -330,6 +342,8 @@ def parse_options(argv=None) -> Options:
         (options.target_kl is None or options.target_kl > 0, f"--target-kl {options.target_kl} <= 0"),
         (options.objective in ("regularised", "auc"), f"--objective {options.objective!r}: expected "
          "'regularised' or 'auc'"),
+        (options.numerics in ("reproducible", "native"), f"--numerics {options.numerics!r}: expected "
+         "'reproducible' or 'native'"),
         (options.ray_address is None or parallel.has_ray(), "--ray-address needs ray: pip install ray"),
     ]  # fmt: skip
     for ok, message in checks:

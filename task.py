@@ -357,9 +357,13 @@ def read_prompts(path: str, val_fraction: float) -> tuple[list[str], list[str], 
 
 
 def cache_folder(config: TaskConfig) -> str:
+    """The folder of the task these settings build, with these CPU kernels: torch's capability, MKL's and
+    oneDNN's code paths (training on other kernels builds other last bits, so another task)."""
     ignored = ("cache_dir", "policy", "reward_model", "prompts")  # not part of what is built
     settings = {k: v for k, v in asdict(config).items() if k not in ignored}
-    key = json.dumps({**settings, "version": CACHE_VERSION}, sort_keys=True).encode()
+    paths = [os.environ.get(name) for name in ("MKL_CBWR", "ONEDNN_MAX_CPU_ISA")]
+    kernels = [torch.backends.cpu.get_cpu_capability(), *paths]
+    key = json.dumps({**settings, "version": CACHE_VERSION, "kernels": kernels}, sort_keys=True).encode()
     return os.path.join(config.cache_dir, f"embedded-{hashlib.sha1(key).hexdigest()[:12]}")
 
 

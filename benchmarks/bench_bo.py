@@ -19,9 +19,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's bayes_opt
 
-import numpy as np
+import cli  # noqa: E402
 
-import bayes_opt
+cli.pin_numerics()  # run.py's CPU numerics, before torch and numpy load
+
+import numpy as np  # noqa: E402
+
+import bayes_opt  # noqa: E402
 
 NOISE_FRACTION = 0.075  # noise sd as a fraction of the function's range on the simplex
 WIDTH_RANGE = (0.3, 0.6)  # per-weight widths of the bump, drawn uniformly

@@ -34,10 +34,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # project modules
 
-import torch
-from bench_ppo import floor_seconds
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import (
+import cli  # noqa: E402
+
+cli.pin_numerics()  # run.py's CPU numerics, before torch and numpy load
+
+import torch  # noqa: E402
+from bench_ppo import floor_seconds  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402
+from transformers import (  # noqa: E402
     DistilBertConfig,
     DistilBertForSequenceClassification,
     GPT2Config,
@@ -45,9 +49,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-import ppo
-import reward_attribution
-import task
+import ppo  # noqa: E402
+import reward_attribution  # noqa: E402
+import task  # noqa: E402
 
 POLICY_VOCAB, RM_VOCAB = 50257, 30522
 SIZES = {  # (layers, width, heads) of the policy and of the RM

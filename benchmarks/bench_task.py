@@ -15,6 +15,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
+
+cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
+
 import torch  # noqa: E402
 
 import task  # noqa: E402

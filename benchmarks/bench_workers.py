@@ -21,6 +21,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import cli  # noqa: E402
+
+cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
+
 import run  # noqa: E402
 
 

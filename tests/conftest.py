@@ -6,6 +6,10 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # no network at test time: a hub name fails at once, no retries
 
+import cli  # noqa: E402
+
+cli.pin_numerics("reproducible")  # run.py's default, in force before torch loads (also in subprocesses)
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

@@ -3,10 +3,14 @@ Ray or on a process pool; a failing arm stops the run and keeps the finished one
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
+import cli
 import parallel
 import run
 
@@ -62,6 +66,20 @@ def test_two_ray_workers_train_the_same_arms_and_trials_as_one(tmp_path, task_ca
     assert trials[4]["weights"] != trials[5]["weights"]  # one batch of two distinct points
     assert arms["trial-5.json"][0] == arms["trial-4.json"][0] + 1  # trial k trains at seed + 100 + k
     assert (trials, arms) == one_worker  # values, seeds and curves, float for float
+
+
+def test_another_cpus_code_paths_and_two_workers_change_no_number(tmp_path, task_cache, one_worker):
+    """--numerics reproducible (the default): run.py in a process of its own, with torch, MKL and oneDNN
+    forced from outside onto the kernels of an AVX2 machine and its arms on two Ray workers, writes the
+    trials and curves of the run above bit for bit (that run: this machine's own path, in this process)."""
+    forced = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert set(forced) == set(cli.REPRODUCIBLE_CPU)  # each variable the mode sets is forced otherwise
+    argv = [*ARGV, "--workers", "2", "--out", str(tmp_path), "--cache-dir", task_cache]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "run.py", *argv], cwd=root, env={**os.environ, **forced},
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert outcome(tmp_path) == one_worker
 
 
 def fail_lime(arm, setup, options, rcfd=False):

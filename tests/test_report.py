@@ -62,6 +62,18 @@ def test_confirmation_pairs_seeds_with_intervals():
     # paired J gaps: seed 1: 0 - 0 = 0; seed 2: (2.5 + 2.5 + 2.5) / 3 - 2.5 / 3 = 5/3
     assert f"J {5 / 6:+.2f} ± " in text
     assert "reward at sparse's KL +0.00 (n = 1)" in text  # only seed 1 has both
+    assert "On J, bo-best and sparse are not distinguishable on these 2 seeds (the interval holds 0)" in text
+    assert "At matched KL, one pair of seeds gives no interval, so no verdict." in text
+
+
+def test_verdict_by_hand():
+    # gaps 1, 2, 3: mean 2, t(0.975, 2) = 4.303 x sd 1 / sqrt 3 = 2.48 > 2: the interval holds 0
+    assert report.verdict([1.0, 2.0, 3.0]).startswith("bo-best and sparse are not distinguishable on these 3")
+    # gaps -1.0, -1.1, -0.9: mean -1, half-width 4.303 x 0.1 / sqrt 3 = 0.25: behind
+    assert report.verdict([-1.0, -1.1, -0.9]) == (
+        "bo-best is behind sparse on these 3 seeds (the 95% interval excludes 0)"
+    )
+    assert report.verdict([2.0, 2.1, 1.9]).startswith("bo-best is ahead of sparse")
 
 
 def test_arm_round_trips_through_its_json_file(tmp_path):

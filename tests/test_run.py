@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+import cli
 import run
 
 
@@ -366,3 +367,18 @@ def test_quick_run_on_a_real_model_pair_with_different_tokenizers(tmp_path):
     page = (out / "tokens.html").read_text()
     assert ">abc</td>" in page and ">lexicon</td>" not in page  # no ground truth outside the embedded task
     assert "| shap | shap 1.00 |" in (out / "summary.md").read_text()
+
+
+def test_reproducible_numerics_replace_what_the_user_exported_and_refuse_a_late_start(monkeypatch, capsys):
+    for name in cli.REPRODUCIBLE_CPU:
+        monkeypatch.setenv(name, "AVX2")
+    cli.pin_numerics("native")  # leaves the environment as it is
+    assert all(os.environ[name] == "AVX2" for name in cli.REPRODUCIBLE_CPU)
+    assert not cli.numerics_in_force("reproducible") and cli.numerics_in_force("native")
+    with pytest.raises(SystemExit) as exit_info:  # torch loaded while the variables said AVX2
+        run.main(["--out", "unused"])
+    assert exit_info.value.code == 2
+    assert "--numerics reproducible: torch loaded before its settings" in capsys.readouterr().err
+    cli.pin_numerics("reproducible")
+    assert {name: os.environ[name] for name in cli.REPRODUCIBLE_CPU} == cli.REPRODUCIBLE_CPU
+    assert cli.numerics_in_force("reproducible")  # the test session's torch loaded after conftest pinned
