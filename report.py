@@ -35,6 +35,7 @@ SHOWN = (
     "bo-best",
 )  # rows of tokens.html
 KINDS = ("baseline", "trial", "confirm")
+SAMPLING = ("temperature", "top_k", "top_p", "min_new_tokens", "max_new_tokens")  # how a policy samples
 
 
 @dataclass
@@ -373,8 +374,10 @@ class Scalars:
             self.writer.close()
 
 
-def save_policy(folder: str, policy, tokenizer) -> None:
-    """--save-policy: the policy and its tokenizer, loadable with AutoModelForCausalLM.from_pretrained."""
+def save_policy(folder: str, policy, tokenizer, config) -> None:
+    """--save-policy: the policy and its tokenizer, loadable with AutoModelForCausalLM.from_pretrained;
+    its generation config samples as PPO did (the SAMPLING fields of `config`, a PPOConfig)."""
+    from transformers import GenerationConfig
     from transformers.utils import logging
 
     bars = logging.is_progress_bar_enabled()
@@ -382,6 +385,9 @@ def save_policy(folder: str, policy, tokenizer) -> None:
     try:
         policy.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+        ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
+        sampling = {name: getattr(config, name) for name in SAMPLING}
+        GenerationConfig(do_sample=True, **sampling, **ids).save_pretrained(folder)
     finally:
         if bars:
             logging.enable_progress_bar()

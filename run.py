@@ -213,7 +213,7 @@ def train_arm(arm: Arm, setup: Setup, options: Options, rcfd: bool = False) -> A
     scalars.close()
     arm.samples = samples(setup, trainer.policy, config, options.seed)
     if saves_policy(arm, options):
-        report.save_policy(policy_path(options, arm.name), trainer.policy, setup.tokenizer)
+        report.save_policy(policy_path(options, arm.name), trainer.policy, setup.tokenizer, config)
     report.write_json(arm_path(options, arm.name), arm.to_json())
     return arm
 
