@@ -14,8 +14,9 @@ import sys
 from dataclasses import dataclass, field, fields
 
 
-def option(default, description: str):
-    return field(default=default, metadata={"help": description})
+def option(default, description: str, bare=None):
+    """A field of Options; `bare`: the value of the flag given with no value (`--flag` alone)."""
+    return field(default=default, metadata={"help": description, "bare": bare})
 
 
 @dataclass
@@ -54,6 +55,11 @@ class Options:
     bo_batch: int = option(1, "BO trials asked per round and trained together (kriging believer)")
     ray_address: str | None = option(None, "a running Ray cluster to train the arms on ('auto': this one's)")
     quick: bool = option(False, "smoke run in runs/quick: 4 iterations, 2 trials, batch 16, one confirm seed")
+    save_policy: str | None = option(
+        None, "save the final policy of the bo-best confirmation arms, and of the arms named (a,b), with its "
+        "tokenizer in <out>/policies/<arm> (save_pretrained)", bare="bo-best",
+    )  # fmt: skip
+    tensorboard: bool = option(False, "write each arm's training statistics to <out>/tensorboard/<arm>")
 
 
 def option_parser() -> argparse.ArgumentParser:
@@ -65,7 +71,10 @@ def option_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, action="store_true", help=description)
         else:
             kind = int if f.type is int else float if "float" in str(f.type) else str
-            parser.add_argument(flag, type=kind, default=f.default, help=f"{description} ({f.default})")
+            how = dict(type=kind, default=f.default, help=f"{description} ({f.default})")
+            if f.metadata["bare"] is not None:  # the flag alone means `bare`
+                how |= dict(nargs="?", const=f.metadata["bare"])
+            parser.add_argument(flag, **how)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""What a run leaves behind: curves.csv, summary.md, curves.png, frontier.png and tokens.html.
+"""What a run leaves behind: curves.csv, summary.md, curves.png, frontier.png, tokens.html and samples.md;
+with --save-policy policies/<arm>, with --tensorboard tensorboard/<arm> (both written by the arm's process).
 
 RLHF methods are compared on the reward-KL frontier (Ziegler et al. 2019; Gao et al. 2022): a
 policy can raise the reward model's score by drifting from its reference, so every figure
@@ -9,9 +10,11 @@ fields, never by parsing names. It imports no stage, so run.py stays the algorit
 
 import csv
 import html
+import importlib.util
 import json
 import math
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 
 import matplotlib
@@ -32,6 +35,7 @@ SHOWN = (
     "bo-best",
 )  # rows of tokens.html
 KINDS = ("baseline", "trial", "confirm")
+SAMPLING = ("temperature", "top_k", "top_p", "min_new_tokens", "max_new_tokens")  # how a policy samples
 
 
 @dataclass
@@ -54,6 +58,8 @@ class Arm:
     """evaluations: {"iteration", "reward", "kl", "kl_k3", "train_kl"}, reward and KL held out"""
     seconds: float = 0.0
     """wall time of training and evaluation"""
+    samples: list[dict] = field(default_factory=list)
+    """the final policy's responses to samples.md's prompts: {"prompt", "response", "eos", "score", "kl"}"""
 
     @property
     def auc(self) -> float:
@@ -320,11 +326,96 @@ def write_tokens(out: str, credit: dict, n_examples: int = 8) -> None:
         file.write("\n".join(parts) + "</body></html>\n")
 
 
-def write_all(out: str, arms: dict[str, Arm], best_weights: dict, credit: dict, smoke: bool = False) -> str:
-    """Write every artifact; return the summary (also saved as summary.md)."""
+def write_samples(out: str, arms: dict[str, Arm], reference: list[dict]) -> None:
+    """samples.md: per held-out prompt, what the SFT reference and each arm's final policy write."""
+    policies = {"SFT reference": reference, **{name: arm.samples for name, arm in arms.items()}}
+    lines = [
+        "# What each policy writes\n\nThe same held-out prompts, each response sampled with one seed (so "
+        "rows compare), with its RM score f(x, y) and its sequence KL to the reference (k1). A response "
+        "that ends with `[EOS]` stopped itself; `…`: cut at --max-new-tokens.\n",
+        "| policy | ends with EOS | mean RM score | mean KL |\n|---|---|---|---|",
+    ]
+    for name, rows in policies.items():
+        if rows:
+            ended, score, kl = (sum(row[k] for row in rows) for k in ("eos", "score", "kl"))
+            lines.append(
+                f"| {name} | {ended} of {len(rows)} | {score / len(rows):+.2f} | {kl / len(rows):.2f} |"
+            )
+    for i, prompt in enumerate(row["prompt"] for row in reference):
+        lines.append(
+            f"\n## {i + 1}. {cell(prompt)} …\n\n| policy | response | RM score | KL |\n|---|---|---|---|"
+        )
+        for name, rows in policies.items():
+            if i < len(rows) and rows[i]["prompt"] == prompt:  # an arm from before samples: none
+                row = rows[i]
+                ending = " `[EOS]`" if row["eos"] else " …"
+                lines.append(
+                    f"| {name} | {cell(row['response'])}{ending} | {row['score']:+.2f} | {row['kl']:.2f} |"
+                )
+    with open(os.path.join(out, "samples.md"), "w", encoding="utf-8") as file:
+        file.write("\n".join(lines) + "\n")
+
+
+def cell(text: str) -> str:
+    """Text as one Markdown table cell: no line break, no column bar."""
+    return " ".join(text.split()).replace("|", "\\|") or "(empty)"
+
+
+def has_tensorboard() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+class Scalars:
+    """--tensorboard: one TensorBoard run per arm, <out>/tensorboard/<arm>, written by the process that
+    trains it (torch.utils.tensorboard); without it, nothing. add(group, values, step): group/name tags."""
+
+    def __init__(self, folder: str, on: bool):
+        self.writer = None
+        if on:
+            from torch.utils.tensorboard import SummaryWriter
+
+            shutil.rmtree(folder, ignore_errors=True)  # an interrupted attempt's events: a second curve
+            self.writer = SummaryWriter(folder)
+
+    def add(self, group: str, values: dict[str, float], step: int) -> None:
+        for name, value in values.items() if self.writer else ():
+            self.writer.add_scalar(f"{group}/{name}", value, step)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+
+
+def save_policy(folder: str, policy, tokenizer, config) -> None:
+    """--save-policy: the policy and its tokenizer, loadable with AutoModelForCausalLM.from_pretrained;
+    its generation config samples as PPO did (the SAMPLING fields of `config`, a PPOConfig)."""
+    from transformers import GenerationConfig
+    from transformers.utils import logging
+
+    bars = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # one bar per arm's save would say nothing
+    try:
+        policy.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
+        sampling = {name: getattr(config, name) for name in SAMPLING}
+        GenerationConfig(do_sample=True, **sampling, **ids).save_pretrained(folder)
+    finally:
+        if bars:
+            logging.enable_progress_bar()
+
+
+def write_all(
+    out: str, arms: dict[str, Arm], best_weights: dict, credit: dict, reference: list[dict],
+    saved: list[str] = (), smoke: bool = False,
+) -> str:  # fmt: skip
+    """Write every artifact; return the summary (also saved as summary.md), `saved` the policies kept."""
     summary = summary_table(arms, best_weights, credit["fidelity"], smoke)
+    if saved:
+        summary += f"\nPolicies saved (save_pretrained, with the tokenizer): {', '.join(saved)}\n"
     with open(os.path.join(out, "summary.md"), "w") as file:
         file.write(summary)
     write_curves(out, arms)
     write_tokens(out, credit)
+    write_samples(out, arms, reference)
     return summary

@@ -60,6 +60,7 @@ BASELINES = {  # arm -> credit weights; RCfD also swaps the reward (see train_ar
 SHARED_WITH_PPO = ("learning_rate", "min_new_tokens", "max_new_tokens", "kl_coef", "target_kl", "kl_horizon",
                    "device")  # fmt: skip
 TRIAL_SEED_OFFSET = 100  # trial k trains with seed + 100 + k, apart from the confirmation seeds
+SAMPLE_PROMPTS = 6  # held-out prompts of samples.md
 
 
 # ---------------------------------------------------------------------------------------
@@ -144,23 +145,49 @@ def evaluate(trainer: ppo.PPOTrainer, setup: Setup, options: Options) -> dict[st
     """
     prompts = setup.task.val_prompts[: options.eval_prompts]
     enc = setup.tokenizer(prompts, return_tensors="pt", padding=True)
-    prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
-    response_ids, response_mask = trainer.generate(prompt_ids, prompt_mask)
-    _, pieces = reward_attribution.response_texts(setup.tokenizer, prompt_ids, response_ids, response_mask)
-    reward = setup.reward_fn(prompts, ["".join(p) for p in pieces]).mean().item()
-    batch = [t.to(trainer.device) for t in (prompt_ids, prompt_mask, response_ids, response_mask)]
-    logprobs, _, _ = ppo.response_logprobs(trainer.policy, *batch, trainer.config.temperature)  # (B, T)
-    ref_logprobs, _, _ = ppo.response_logprobs(trainer.ref_policy, *batch, trainer.config.temperature)
+    responses = trainer.generate(enc["input_ids"], enc["attention_mask"])
+    tokens = (enc["input_ids"], enc["attention_mask"], *responses)
+    _, scores, kl, k3 = scored(setup, trainer.policy, trainer.ref_policy, trainer.config, prompts, tokens)
+    return {"reward": scores.mean().item(), "kl": kl.mean().item(), "kl_k3": k3.mean().item()}
+
+
+@torch.no_grad()
+def scored(setup: Setup, policy, ref_policy, config: ppo.PPOConfig, prompts: list[str], tokens: tuple):
+    """Responses (tokens: CPU prompt_ids, prompt_mask, response_ids, response_mask) as texts, with their
+    RM scores f(x, y) (B,) and their sequence KL to the reference, k1 and k3 (B,)."""
+    _, pieces = reward_attribution.response_texts(setup.tokenizer, tokens[0], *tokens[2:])
+    responses = ["".join(p) for p in pieces]
+    batch = [t.to(next(policy.parameters()).device) for t in tokens]
+    logprobs, _, _ = ppo.response_logprobs(policy, *batch, config.temperature)  # (B, T)
+    ref_logprobs, _, _ = ppo.response_logprobs(ref_policy, *batch, config.temperature)
     log_ratio = (logprobs - ref_logprobs) * batch[3]  # (B, T), zero outside the response
     k3 = ((-log_ratio).exp() - 1 + log_ratio) * batch[3]  # (B, T)
-    return {"reward": reward, "kl": log_ratio.sum(1).mean().item(), "kl_k3": k3.sum(1).mean().item()}
+    return responses, setup.reward_fn(prompts, responses), log_ratio.sum(1), k3.sum(1)
+
+
+def samples(setup: Setup, policy, config: ppo.PPOConfig, seed: int) -> list[dict]:
+    """samples.md's rows for one policy: its responses to the first SAMPLE_PROMPTS held-out prompts, each
+    with its RM score and sequence KL. Drawn with a generator of their own, seeded by `seed`: the same
+    draws for every policy, and the training RNG untouched."""
+    prompts = setup.task.val_prompts[:SAMPLE_PROMPTS]
+    enc = setup.tokenizer(prompts, return_tensors="pt", padding=True)
+    device = next(policy.parameters()).device
+    prompt, generator = [enc[k].to(device) for k in ("input_ids", "attention_mask")], torch.Generator(device)
+    pad, eos = setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id
+    responses = ppo.sample(policy, *prompt, config, pad, eos, generator=generator.manual_seed(seed))
+    tokens = (enc["input_ids"], enc["attention_mask"], *(t.cpu() for t in responses))
+    texts, scores, kl, _ = scored(setup, policy, setup.task.policy, config, prompts, tokens)
+    last = tokens[2].gather(1, tokens[3].sum(1, keepdim=True) - 1).squeeze(1)  # (B,) each one's last token
+    ends = (last == eos).tolist()
+    return [dict(prompt=p, response=r, eos=e, score=s, kl=k)
+            for p, r, e, s, k in zip(prompts, texts, ends, scores.tolist(), kl.tolist())]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------
 # The inner loop: one PPO run from the SFT reference
 # ---------------------------------------------------------------------------------------
 def train_arm(arm: Arm, setup: Setup, options: Options, rcfd: bool = False) -> Arm:
-    """Train a fresh policy on the shaped reward r'(w); fill in (and keep) the arm's curve."""
+    """Train a fresh policy on the shaped reward r'(w); fill in (and keep) the arm's curve and samples."""
     config = replace(setup.ppo_config, seed=arm.seed)
     if rcfd:  # RCfD trains with no KL term (Rita et al. 2024)
         config = replace(config, kl_coef=0.0, target_kl=None)
@@ -170,6 +197,7 @@ def train_arm(arm: Arm, setup: Setup, options: Options, rcfd: bool = False) -> A
     )  # fmt: skip
     rng = np.random.default_rng(arm.seed)
     methods = [m for m in shaping.ATTRIBUTIONS if arm.weights.get(m, 0) > 0]  # explanations cost RM rows
+    scalars = report.Scalars(os.path.join(options.out, "tensorboard", arm.name), on=options.tensorboard)
     train_kl, start = 0.0, time.time()
     for iteration in tqdm(range(options.iterations + 1), desc=arm.name, leave=False, disable=None):
         if iteration % options.eval_every == 0 or iteration == options.iterations:
@@ -177,6 +205,7 @@ def train_arm(arm: Arm, setup: Setup, options: Options, rcfd: bool = False) -> A
             if not all(math.isfinite(v) for v in point.values()):
                 raise RuntimeError(f"arm {arm.name}, iteration {iteration}: a non-finite evaluation {point}")
             arm.curve.append(point)
+            scalars.add("eval", {k: point[k] for k in ("reward", "kl", "kl_k3")}, iteration)
         if iteration == options.iterations:
             break
         rows = rng.choice(len(setup.task.train_prompts), options.batch_size, replace=False)
@@ -186,16 +215,23 @@ def train_arm(arm: Arm, setup: Setup, options: Options, rcfd: bool = False) -> A
         components, scores = reward_components(
             setup, enc["input_ids"], response_ids, response_mask, methods, rcfd
         )
-        train_kl = trainer.update(rollout, shaping.shape(components, arm.weights), scores)["kl"]
+        stats = trainer.update(rollout, shaping.shape(components, arm.weights), scores)
+        scalars.add("train", {"reward" if k == "score" else k: v for k, v in stats.items()}, iteration + 1)
+        train_kl = stats["kl"]
     arm.seconds = time.time() - start
+    scalars.close()
+    arm.samples = samples(setup, trainer.policy, config, options.seed)
+    if saves_policy(arm, options):
+        report.save_policy(policy_path(options, arm.name), trainer.policy, setup.tokenizer, config)
     report.write_json(arm_path(options, arm.name), arm.to_json())
     return arm
 
 
 def finished_or_trained(arm: Arm, setup: Setup, options: Options, rcfd: bool = False) -> Arm:
-    """The arm's file from an earlier, interrupted run if it holds these weights and seed; else train it."""
-    path = arm_path(options, arm.name)
-    if os.path.exists(path):
+    """The arm's file from an earlier, interrupted run if it holds these weights and seed (and its saved
+    policy where --save-policy asks for one); else train it."""
+    path, kept = arm_path(options, arm.name), os.path.isdir(policy_path(options, arm.name))
+    if os.path.exists(path) and (kept or not saves_policy(arm, options)):
         finished = Arm.from_json(report.read_json(path))
         if finished.weights == arm.weights and finished.seed == arm.seed:
             return finished
@@ -249,9 +285,11 @@ def experiment(setup: Setup, options: Options) -> dict:
     # 4. Report: tables, curves, the frontier and the credit every method gives each token.
     arm_weights = {name: arm.weights for name, arm in arms.items() if name != "rcfd"}  # RCfD explains R_cfd
     credit = credit_examples(setup, options, {**arm_weights, "bo-best": best_weights})
-    summary = report.write_all(options.out, arms, best_weights, credit, smoke=options.quick)
+    reference = samples(setup, setup.task.policy, setup.ppo_config, options.seed)  # what the arms start from
+    saved = [policy_path(options, name) for name, arm in arms.items() if saves_policy(arm, options)]
+    summary = report.write_all(options.out, arms, best_weights, credit, reference, saved, options.quick)
     print(summary)
-    print(f"results in {options.out}: summary.md, curves.png, frontier.png, tokens.html, curves.csv")
+    print(f"results in {options.out}: summary.md, samples.md, tokens.html, curves.csv/png, frontier.png")
     return {"arms": arms, "best_weights": best_weights}
 
 
@@ -345,6 +383,8 @@ def parse_options(argv=None) -> Options:
         (options.numerics in ("reproducible", "native"), f"--numerics {options.numerics!r}: expected "
          "'reproducible' or 'native'"),
         (options.ray_address is None or parallel.has_ray(), "--ray-address needs ray: pip install ray"),
+        (not options.tensorboard or report.has_tensorboard(), "--tensorboard needs tensorboard: pip install "
+         "tensorboard"),
     ]  # fmt: skip
     for ok, message in checks:
         if not ok:
@@ -363,11 +403,34 @@ def parse_options(argv=None) -> Options:
             shaping.check_weights(report.read_json(options.weights))
         except (ValueError, AttributeError) as error:
             parser.error(f"--weights file {options.weights!r}: {error}")
+    for name in (options.save_policy or "").split(","):
+        if options.save_policy is not None and name not in ["bo-best", *arm_names(options)]:
+            parser.error(f"--save-policy: no arm {name!r} in this run; expected some of {arm_names(options)}")
     return options
 
 
 def arm_path(options: Options, name: str) -> str:
     return os.path.join(options.out, "arms", f"{name}.json")
+
+
+def policy_path(options: Options, name: str) -> str:
+    return os.path.join(options.out, "policies", name)
+
+
+def saves_policy(arm: Arm, options: Options) -> bool:
+    """--save-policy: the bo-best confirmation arms, and the arms it names."""
+    names = (options.save_policy or "").split(",")
+    return options.save_policy is not None and (arm.name in names or arm.group == "bo-best")
+
+
+def arm_names(options: Options) -> list[str]:
+    """The arms a run with these options trains (as experiment() names them; RCfD even where skipped)."""
+    baselines = [name for name in options.baselines.split(",") if name] + ["custom"] * bool(options.weights)
+    weights = BASELINES | {"custom": report.read_json(options.weights) if options.weights else {}}
+    told = sum(n != "rcfd" and set(weights[n]) <= set(options.components.split(",")) for n in baselines)
+    seeds = range(options.seed + 1, options.seed + 1 + options.confirm_seeds)
+    confirm = [f"{group}-seed{seed}" for seed in seeds for group in ("bo-best", "sparse")]
+    return baselines + [f"trial-{told + k}" for k in range(options.trials)] + confirm
 
 
 def claim_output_folder(options: Options) -> None:

@@ -255,6 +255,7 @@ def train_policy(reviews: list[list[str]], tokenizer, config: TaskConfig, rng) -
     size = dict(vocab_size=len(VOCABULARY), n_positions=64, n_embd=128, n_layer=2, n_head=4)
     ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**size, **ids))
+    model.loss_type = "ForCausalLM"  # the loss labels= asks for: transformers finds none in this class's name
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=config.sft_steps)
     encoded = [tokenizer(" ".join(words))["input_ids"] + [tokenizer.eos_token_id] for words in reviews]

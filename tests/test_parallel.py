@@ -1,4 +1,4 @@
-"""parallel.py through run.py: the trial log and every arm's curve do not depend on --workers, on
+"""parallel.py through run.py: the trial log and every arm's curve and samples do not depend on --workers, on
 Ray or on a process pool; a failing arm stops the run and keeps the finished ones; the options' checks."""
 
 import dataclasses
@@ -31,10 +31,12 @@ def restore_threads():
 
 
 def outcome(out) -> tuple[list, dict]:
-    """The trial log's lines and every finished arm's (seed, weights, curve), by file name."""
+    """The trial log's lines and every finished arm's (seed, weights, curve, samples), by file name."""
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     arms = {path.name: json.loads(path.read_text()) for path in sorted((out / "arms").glob("*.json"))}
-    return trials, {name: (arm["seed"], arm["weights"], arm["curve"]) for name, arm in arms.items()}
+    return trials, {
+        name: (arm["seed"], arm["weights"], arm["curve"], arm["samples"]) for name, arm in arms.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +105,8 @@ def test_a_process_pool_trains_the_same_arms_and_a_failing_arm_stops_the_run(
     # lime, the last baseline, starts once a worker is free: after two of sparse, abc and shap finished
     assert len(arms) >= 2 and set(arms) <= {"sparse.json", "abc.json", "shap.json"}
     assert all(
-        (arm["seed"], arm["weights"], arm["curve"]) == one_worker[1][name] for name, arm in arms.items()
+        (arm["seed"], arm["weights"], arm["curve"], arm["samples"]) == one_worker[1][name]
+        for name, arm in arms.items()
     )
     assert not (tmp_path / "trials.jsonl").exists()  # the run stopped before the BO
 

@@ -35,6 +35,7 @@ def test_quick_run_writes_every_artifact(tmp_path, task_cache, capsys):
         in capsys.readouterr().out
     )
     arms = set(result["arms"])
+    assert set(run.arm_names(run.parse_options(["--quick"]))) == arms  # what --save-policy may name
     # BO trials are named by their line in trials.jsonl, after the 4 baselines told first
     assert set(run.BASELINES) | {"trial-4", "trial-5", "bo-best-seed1", "sparse-seed1"} == arms
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
@@ -64,6 +65,7 @@ def test_quick_run_writes_every_artifact(tmp_path, task_cache, capsys):
         assert f">{method}</td>" in page
     summary = (out / "summary.md").read_text()
     assert all(f"| {arm} |" in summary for arm in arms)
+    assert all(f"| {arm} |" in (out / "samples.md").read_text() for arm in [*arms, "SFT reference"])
     assert "Smoke run" in summary and "target" not in summary
     assert "| arm | weights | final reward | held-out KL | J | AUC | reward at sparse's KL |" in summary
     fidelity = summary.split("| shap | shap 1.00 |")[1].split("|")[5].split(" / ")
@@ -153,6 +155,7 @@ def test_interrupted_run_resumes_without_repeating_finished_work(tmp_path, task_
         (["--kl-coef", "-1"], "--kl-coef -1.0: expected >= 0"),
         (["--target-kl", "0"], "--target-kl 0.0 <= 0"),
         (["--objective", "reward"], "--objective 'reward': expected"),
+        (["--save-policy", "sparse,best"], "--save-policy: no arm 'best' in this run; expected some of"),
     ],
 )
 def test_bad_options_exit_with_a_clear_message(tmp_path, capsys, extra, message):
