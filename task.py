@@ -429,8 +429,11 @@ def sdpa_view(reward_model) -> torch.nn.Module:
     For scoring: same weights, same scores to float tolerance, no attention maps. A new module of
     the RM's class, built on the meta device and handed the RM's tensors, because transformers 4.46
     fixes the attention kernel when a model is built and 5.x reads it from the config at each call.
-    Take the view after moving the RM to its device (a move replaces the RM's buffers).
+    Take the view after moving the RM to its device (a move replaces the RM's buffers). An RM class
+    without an SDPA kernel is its own view.
     """
+    if not getattr(reward_model, "_supports_sdpa", False):
+        return reward_model
     config = copy.deepcopy(reward_model.config)
     config._attn_implementation = "sdpa"
     with torch.device("meta"):
@@ -444,13 +447,15 @@ def sdpa_view(reward_model) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def score_ids(reward_model, input_ids, attention_mask, batch_size: int = 1024) -> torch.Tensor:
+def score_ids(reward_model, input_ids, attention_mask, batch_tokens: int = 32768) -> torch.Tensor:
     """R = logit_pos - logit_neg of the RM on token ids (N, L) as its tokenizer pads them (N,).
 
-    A 1-logit RM gives its logit. Each batch of rows drops the columns that are padding in all its
-    rows, so rows sorted by length pay little padding.
+    A 1-logit RM gives its logit. Rows go through in batches of about `batch_tokens` positions
+    (1500 rows of 20 tokens, 280 of 116: activations that stay in cache), each batch without the
+    columns that are padding in all its rows, so rows sorted by length pay little padding.
     """
     pos, scores, device = positive_label(reward_model), [], reward_model.device
+    batch_size = max(1, batch_tokens // max(1, int(attention_mask.sum(1).max())))
     for start in range(0, len(input_ids), batch_size):
         mask = attention_mask[start : start + batch_size]  # (b, L)
         columns = mask.bool().any(0)  # (L,) a real token in some row
@@ -481,5 +486,5 @@ def score(
             raise ValueError(
                 f"text {texts[longest]!r}: {int(lengths.max())} RM tokens, at most {limit} expected"
             )
-        scores.append(score_ids(reward_model, enc["input_ids"], enc["attention_mask"], batch_size))
+        scores.append(score_ids(reward_model, enc["input_ids"], enc["attention_mask"]))
     return torch.cat(scores)
