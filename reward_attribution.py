@@ -42,9 +42,9 @@ MAX_EXACT_TOKENS = 14  # exact Shapley enumerates 2^T coalitions per response
 class AttributionConfig:
     mask_string: str | None = "[UNK]"  # replaces a hidden token's text (None or "": delete it instead)
     shap_backend: str = "batched"  # "batched" (permutations, one RM call), "library" (shap), "exact" (2^T)
-    shap_permutations: int = 4  # K per response, even (antithetic pairs); at most K (T-1) + 2 RM rows
+    shap_permutations: int = 2  # K per response, even (antithetic pairs); at most K (T-1) + 2 RM rows
     lime_backend: str = "batched"  # "batched" (one RM call, one batched solve), "library" (lime)
-    lime_samples: int = 256  # S per response, the unperturbed response included
+    lime_samples: int = 48  # S per response, the unperturbed response included
     lime_kernel_width: float = 25.0  # of LIME's text kernel on 100 x cosine distance (lime's default)
     lime_ridge_alpha: float = 1.0  # ridge penalty of the surrogate, intercept unpenalised (lime's default)
     max_rows_per_call: int = 8192  # most rows handed to the reward function (or RM forward) at once

@@ -129,10 +129,11 @@ def test_every_shap_backend_is_exact_on_an_additive_reward(backend, mask_string)
     phi, rows = ra.attribute("shap", tokenizer, *ids, additive_reward, config)
     assert torch.allclose(phi, additive_truth(RESPONSES, ids[1].shape[1]), atol=1e-5)
     lengths = ids[2].sum(1)
-    if backend == "batched":  # at most 4 (T-1) + 2 per response: a repeated coalition is scored once
-        assert 2 * len(RESPONSES) < rows <= (4 * (lengths - 1) + 2).sum() <= 4 * lengths.sum()
+    pairs = config.shap_permutations // 2  # antithetic pairs per response
+    if backend == "batched":  # at most K (T-1) + 2 per response: a repeated coalition is scored once
+        assert 2 * len(RESPONSES) < rows <= (2 * pairs * (lengths - 1) + 2).sum() <= 2 * pairs * lengths.sum()
     else:
-        assert rows == {"exact": (2**lengths).sum(), "library": (2 * (2 * lengths + 1)).sum()}[backend]
+        assert rows == {"exact": (2**lengths).sum(), "library": (pairs * (2 * lengths + 1)).sum()}[backend]
 
 
 @pytest.mark.parametrize("backend", ["batched", "library"])
@@ -331,16 +332,15 @@ def test_batched_shap_matches_exact_shapley_and_is_efficient(embedded):
 
 
 def test_batched_lime_agrees_with_the_lime_package(embedded):
+    """Two neighbourhoods drawn by the same law (256 samples each: 0.997 measured, 0.96 at 48)."""
     task, ids, reward_fn = embedded
     ids = [x[:12] for x in ids]
-    batched, _ = ra.attribute("lime", task.policy_tokenizer, *ids, reward_fn)
-    library, rows = ra.attribute(
-        "lime", task.policy_tokenizer, *ids, reward_fn, ra.AttributionConfig(lime_backend="library")
+    batched, _ = ra.attribute(
+        "lime", task.policy_tokenizer, *ids, reward_fn, ra.AttributionConfig(lime_samples=256)
     )
-    assert (
-        pooled_correlation(batched, library, ids[2]) >= 0.9
-        and rows == 12 * ra.AttributionConfig().lime_samples
-    )
+    library_config = ra.AttributionConfig(lime_backend="library", lime_samples=256)
+    library, rows = ra.attribute("lime", task.policy_tokenizer, *ids, reward_fn, library_config)
+    assert pooled_correlation(batched, library, ids[2]) >= 0.99 and rows == 12 * 256
 
 
 def test_attention_rows_sum_to_one_on_the_embedded_rm(embedded):
