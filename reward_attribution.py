@@ -131,14 +131,13 @@ def rm_tokens(prompts, pieces, tokenizer, max_length) -> tuple[dict, torch.Tenso
 def coalition_inputs(prompts, pieces, owner, visible, token_reward, mask_string) -> tuple[torch.Tensor, ...]:
     """The RM's input ids and attention mask (N, L) of each coalition, built as ids (`TokenReward`).
 
-    Where each policy token with text is one RM token, whitespace in none and the mask string one
-    (a word-level tokenizer shared with the policy, as on the embedded task), the full text's
-    encoding with each hidden token's id replaced by the mask's is the input the text path
-    tokenizes, no coalition decoded or encoded. Checked here (refused otherwise)."""
+    Where each policy token with text is one RM token (checked, refused otherwise), whitespace in none
+    and the mask string one (a word-level tokenizer shared with the policy, as on the embedded task),
+    the full text's encoding with hidden tokens' ids made the mask's is what the text path tokenizes."""
     tokenizer = token_reward.tokenizer
     encoded, overlap = rm_tokens(prompts, pieces, tokenizer, token_reward.max_length)  # (B, L), (B, L, T)
     text = [[int(bool(p.strip())) for p in row] + [0] * (overlap.shape[2] - len(row)) for row in pieces]
-    one_to_one = (overlap.sum(2) <= 1).all() and torch.equal(overlap.sum(1), torch.tensor(text))  # (B, T)
+    one_to_one = (overlap.sum(2) <= 1).all() and torch.equal(overlap.sum(1), torch.tensor(text))
     mask_ids = tokenizer(mask_string or "", add_special_tokens=False)["input_ids"]
     if not one_to_one or len(mask_ids) != 1:
         raise ValueError("the RM does not read the policy's tokens one to one (or the mask string is not "

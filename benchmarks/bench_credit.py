@@ -1,6 +1,6 @@
 """What SHAP and LIME credit costs against the PPO update it feeds, before and after the fast path.
 
-    python benchmarks/bench_credit.py            # all three parts, about 4 minutes on one core
+    python benchmarks/bench_credit.py            # all three parts, about 2 minutes on one core
     python benchmarks/bench_credit.py --part short
 
     before  the text path: coalition texts tokenized by the RM's tokenizer, the eager RM
@@ -252,7 +252,7 @@ def part_fidelity(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=("short", "long", "fidelity", "all"), default="all")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating timed runs; the fastest counts")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating timed runs; the fastest counts")
     parser.add_argument("--cache-dir", default=os.path.join(ROOT, ".cache", "task"))
     args = parser.parse_args()
     torch.set_num_threads(1)
