@@ -38,7 +38,7 @@ class Options:
     components: str = option("sparse,attention,shap,lime", "credit components whose weights BO searches")
     baselines: str = option("sparse,uniform,abc,shap,lime,rcfd", "baseline arms to run")
     confirm_seeds: int = option(3, "fresh seeds re-running the best weights and sparse")
-    lime_samples: int = option(128, "LIME perturbations per response (fidelity flattens out by ~128)")
+    lime_samples: int = option(48, "LIME perturbations per response (the fewest with fidelity >= 0.9)")
     weights: str | None = option(None, "JSON file of extra fixed weights, run as the baseline 'custom'")
     policy: str | None = option(None, "policy: hub name or local path (default: the embedded task)")
     reward_model: str | None = option(None, "reward model: hub name or local path (default: embedded)")

@@ -10,14 +10,13 @@ stage splits it over the policy's response tokens (definitions: docs/method.md, 
     attention  alpha_t, the RM's last-layer attention from its read-out position (ABC,
                Chan et al. 2024), sum_t alpha_t = 1
 
-Features are policy tokens, the RM only ever sees text: a coalition's response text is the
-concatenation of the token pieces, a hidden piece replaced by a mask string (or deleted).
-So SHAP and LIME need no token alignment, and the tokenizers may differ. Attention lives on
-RM tokens and reaches policy tokens through character offsets.
+Features are policy tokens. A coalition's text is the concatenation of the token pieces, a
+hidden piece replaced by a mask string (or deleted), so the tokenizers may differ; where the
+RM reads the policy's tokens one to one, a `TokenReward` builds the same RM input as ids. RM
+tokens reach policy tokens through character offsets (attention credit, the id path).
 
-Shapes: B responses, T the longest response in policy tokens (T_i of response i), N rows
-(coalitions) handed to the reward function, K SHAP permutations per response, S LIME samples
-per response, L the longest text in RM tokens.
+Shapes: B responses, T the longest response in policy tokens (T_i of response i), N rows (coalitions)
+handed to the reward function, K SHAP permutations and S LIME samples per response, L RM tokens.
 """
 
 import os
@@ -43,9 +42,9 @@ MAX_EXACT_TOKENS = 14  # exact Shapley enumerates 2^T coalitions per response
 class AttributionConfig:
     mask_string: str | None = "[UNK]"  # replaces a hidden token's text (None or "": delete it instead)
     shap_backend: str = "batched"  # "batched" (permutations, one RM call), "library" (shap), "exact" (2^T)
-    shap_permutations: int = 4  # K per response, even (antithetic pairs); at most K (T-1) + 2 RM rows
+    shap_permutations: int = 2  # K per response, even (antithetic pairs); at most K (T-1) + 2 RM rows
     lime_backend: str = "batched"  # "batched" (one RM call, one batched solve), "library" (lime)
-    lime_samples: int = 256  # S per response, the unperturbed response included
+    lime_samples: int = 48  # S per response, the unperturbed response included
     lime_kernel_width: float = 25.0  # of LIME's text kernel on 100 x cosine distance (lime's default)
     lime_ridge_alpha: float = 1.0  # ridge penalty of the surrogate, intercept unpenalised (lime's default)
     max_rows_per_call: int = 8192  # most rows handed to the reward function (or RM forward) at once
@@ -64,9 +63,7 @@ class AttributionConfig:
             raise ValueError(f"max_rows_per_call={self.max_rows_per_call}; expected >= 1")
 
 
-# ---------------------------------------------------------------------------------------
-# 1. Text mechanics: token pieces, coalition texts, scoring them
-# ---------------------------------------------------------------------------------------
+# ---- 1. Text mechanics: token pieces, coalition texts, scoring them -------------------------
 def response_texts(tokenizer, prompt_ids, response_ids, response_mask) -> tuple[list[str], list[list[str]]]:
     """Prompt texts and, per response, the text piece of each real response token.
 
@@ -76,17 +73,13 @@ def response_texts(tokenizer, prompt_ids, response_ids, response_mask) -> tuple[
     also keeps a byte-level BPE character split over two tokens whole, in the later piece.
     """
     if response_mask.ndim != 2 or response_mask.shape != response_ids.shape:
-        raise ValueError(
-            f"response_mask has shape {tuple(response_mask.shape)}; expected response_ids' "
-            f"shape {tuple(response_ids.shape)}"
-        )
+        shapes = tuple(response_mask.shape), tuple(response_ids.shape)
+        raise ValueError(f"response_mask and response_ids have shapes {shapes}; expected one (B, T) shape")
     lengths = response_mask.sum(1).long()  # (B,)
     positions = torch.arange(response_mask.shape[1], device=response_mask.device)
     if not torch.equal(response_mask.bool(), positions < lengths[:, None]) or (lengths == 0).any():
-        raise ValueError(
-            "response_mask must be 1 on a non-empty run of tokens from position 0 "
-            f"and 0 after; got rows {response_mask.long().tolist()}"
-        )
+        rows = response_mask.long().tolist()
+        raise ValueError(f"response_mask must be 1 on a non-empty run from position 0, then 0; got {rows}")
     prompts, pieces = [], []
     for prompt, response, length in zip(prompt_ids.tolist(), response_ids.tolist(), lengths.tolist()):
         partial = [prompt + response[:t] for t in range(length + 1)]  # x + y_{<t}, t = 0..T_i
@@ -100,11 +93,57 @@ def response_texts(tokenizer, prompt_ids, response_ids, response_mask) -> tuple[
 
 def masked_piece(piece: str, mask_string: str | None) -> str:
     """A hidden piece keeps its leading whitespace, the rest becomes the mask string ("" deletes)."""
-    if not mask_string:
-        return ""
-    if not piece.strip():
-        return piece
+    if not mask_string or not piece.strip():
+        return piece if mask_string else ""
     return piece[: len(piece) - len(piece.lstrip())] + mask_string
+
+
+@dataclass
+class TokenReward:
+    """f over the RM's token ids, for an RM that reads the policy's tokens one to one (`coalition_inputs`)."""
+
+    tokenizer: object  # the RM's tokenizer
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, attention_mask) (N, L) -> (N,)
+    max_length: int | None = None  # the RM's position limit (max_position_embeddings)
+
+
+def rm_tokens(prompts, pieces, tokenizer, max_length) -> tuple[dict, torch.Tensor]:
+    """The RM's encoding of each full text (B, L) and overlap (B, L, T): RM token l spans characters
+    of policy token t (RM special and prompt tokens overlap none). Texts over max_length: an error."""
+    texts = [prompt + "".join(row) for prompt, row in zip(prompts, pieces)]
+    encoded = tokenizer(texts, return_offsets_mapping=True, padding=True, return_tensors="pt")
+    offsets = encoded.pop("offset_mapping")  # (B, L, 2) character span of each RM token
+    too_long = encoded["attention_mask"].sum(1) > (max_length or float("inf"))
+    if too_long.any():
+        i = int(too_long.nonzero()[0])
+        raise ValueError(f"response {i} is over max_position_embeddings={max_length} RM tokens: {texts[i]!r}")
+    _, real = real_tokens(pieces)  # (B, T)
+    T = real.shape[1]
+    # characters of the prompt, then of each piece (0 past the response): (B, T+1)
+    widths = [[len(prompt), *map(len, row)] + [0] * (T - len(row)) for prompt, row in zip(prompts, pieces)]
+    bounds = torch.tensor(widths).cumsum(1)  # (B, T+1) piece t spans characters [bounds_t, bounds_t+1)
+    piece_starts, piece_ends = bounds[:, None, :-1], bounds[:, None, 1:]  # (B, 1, T) each
+    rm_starts, rm_ends = offsets[..., 0, None], offsets[..., 1, None]  # (B, L, 1) each
+    overlap = (rm_starts < piece_ends) & (piece_starts < rm_ends)  # (B, L, T) the spans intersect
+    return encoded, overlap & real[:, None]
+
+
+def coalition_inputs(prompts, pieces, owner, visible, token_reward, mask_string) -> tuple[torch.Tensor, ...]:
+    """The RM's input ids and attention mask (N, L) of each coalition, built as ids (`TokenReward`).
+
+    Where each policy token with text is one RM token (checked, refused otherwise), whitespace in none
+    and the mask string one (a word-level tokenizer shared with the policy, as on the embedded task),
+    the full text's encoding with hidden tokens' ids made the mask's is what the text path tokenizes."""
+    tokenizer = token_reward.tokenizer
+    encoded, overlap = rm_tokens(prompts, pieces, tokenizer, token_reward.max_length)  # (B, L), (B, L, T)
+    text = [[int(bool(p.strip())) for p in row] + [0] * (overlap.shape[2] - len(row)) for row in pieces]
+    one_to_one = (overlap.sum(2) <= 1).all() and torch.equal(overlap.sum(1), torch.tensor(text))
+    mask_ids = tokenizer(mask_string or "", add_special_tokens=False)["input_ids"]
+    if not one_to_one or len(mask_ids) != 1:
+        raise ValueError("the RM does not read the policy's tokens one to one (or the mask string is not "
+                         "one RM token): score texts with a RewardFn")  # fmt: skip
+    hidden = (overlap[owner] & ~visible[:, None, :]).any(2)  # (N, L) RM tokens of hidden policy tokens
+    return encoded["input_ids"][owner].masked_fill(hidden, mask_ids[0]), encoded["attention_mask"][owner]
 
 
 def score_coalitions(
@@ -112,37 +151,40 @@ def score_coalitions(
 ) -> tuple[torch.Tensor, int]:
     """f(x_i, y_i showing only the `visible` tokens) per row (N,) float64, and the RM rows that took.
 
-    owner (N,) is the response of each row, visible (N, T) its shown tokens. With
-    `dedupe`, a coalition drawn twice is scored once (random masks of short responses
-    repeat often); the library backends score every row, as their packages do. reward_fn
-    gets at most config.max_rows_per_call rows at once, in order of text length (little padding).
+    owner (N,) is the response of each row, visible (N, T) its shown tokens; reward_fn a RewardFn (texts)
+    or a TokenReward (ids). With `dedupe`, a coalition drawn twice is scored once (random masks of short
+    responses repeat often); the library backends score every row, as their packages do. reward_fn gets
+    at most config.max_rows_per_call rows at once, by length (little padding).
     """
     inverse = torch.arange(len(owner))
     if dedupe:
         keyed = torch.cat([owner[:, None], visible.long()], 1)  # (N, 1+T) the response, then the mask
         keys, inverse = torch.unique(keyed, dim=0, return_inverse=True)  # keys: the distinct rows
         owner, visible = keys[:, 0], keys[:, 1:].bool()
-    hidden = [[masked_piece(piece, config.mask_string) for piece in row] for row in pieces]
-    row_prompts = [prompts[i] for i in owner.tolist()]
-    texts = [
-        "".join(piece if shown else mask for piece, mask, shown in zip(pieces[i], hidden[i], row))
-        for i, row in zip(owner.tolist(), visible.tolist())
-    ]
-    order = sorted(range(len(texts)), key=lambda row: len(row_prompts[row]) + len(texts[row]))
-    values = torch.zeros(len(texts), dtype=torch.float64)
+    if isinstance(reward_fn, TokenReward):
+        first, second = coalition_inputs(prompts, pieces, owner, visible, reward_fn, config.mask_string)
+        lengths, score = second.sum(1).tolist(), reward_fn.score  # (N, L) ids and attention mask
+    else:
+        hidden = [[masked_piece(piece, config.mask_string) for piece in row] for row in pieces]
+        first = [prompts[i] for i in owner.tolist()]  # the prompt and the response text of each row
+        second = [
+            "".join(piece if shown else mask for piece, mask, shown in zip(pieces[i], hidden[i], row))
+            for i, row in zip(owner.tolist(), visible.tolist())
+        ]
+        lengths, score = [len(prompt) + len(text) for prompt, text in zip(first, second)], reward_fn
+    order = sorted(range(len(owner)), key=lengths.__getitem__)
+    values = torch.zeros(len(owner), dtype=torch.float64)
     for start in range(0, len(order), config.max_rows_per_call):
         rows = order[start : start + config.max_rows_per_call]
-        chunk = torch.as_tensor(reward_fn([row_prompts[row] for row in rows], [texts[row] for row in rows]))
+        picked = [x[rows] if torch.is_tensor(x) else [x[row] for row in rows] for x in (first, second)]
+        chunk = torch.as_tensor(score(*picked))
         if chunk.shape != (len(rows),):
             raise ValueError(f"reward_fn returned shape {tuple(chunk.shape)}; expected ({len(rows)},)")
         values[rows] = chunk.double()
     bad = (~torch.isfinite(values[order])).nonzero()  # the first in the order scored is named
     if len(bad):
         row = order[int(bad[0])]
-        raise ValueError(
-            f"reward_fn returned {values[row].item()} for the response {texts[row]!r} "
-            f"(prompt {row_prompts[row]!r}); expected a finite score"
-        )
+        raise ValueError(f"reward_fn returned {values[row].item()} for {first[row]!r}, {second[row]!r}")
     return values[inverse], len(owner)
 
 
@@ -162,9 +204,7 @@ def random_ranks(real: torch.Tensor, n: int, generator: torch.Generator) -> torc
     return keys.argsort(-1).argsort(-1)
 
 
-# ---------------------------------------------------------------------------------------
-# 2. SHAP: exact enumeration, antithetic permutation sampling, the shap package
-# ---------------------------------------------------------------------------------------
+# ---- 2. SHAP: exact enumeration, antithetic permutation sampling, the shap package ----------
 def shap_exact(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]:
     """phi_t = sum_{S not containing t} |S|! (n-|S|-1)! / n! [f(S + t) - f(S)], all 2^n coalitions S.
 
@@ -173,9 +213,7 @@ def shap_exact(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]:
     lengths, real = real_tokens(pieces)
     if lengths.max() > MAX_EXACT_TOKENS:
         i = int(lengths.argmax())
-        raise ValueError(
-            f"response {i} has {int(lengths[i])} tokens; exact Shapley takes {MAX_EXACT_TOKENS} at most"
-        )
+        raise ValueError(f"response {i} has {int(lengths[i])} tokens; exact Shapley takes {MAX_EXACT_TOKENS}")
     T = real.shape[1]
     subsets = [torch.arange(2**n) for n in lengths.tolist()]  # response i: coalitions 0 .. 2^T_i - 1
     owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(subsets)])  # (N,)
@@ -213,24 +251,18 @@ def shap_batched(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]
     sizes = torch.arange(1, T)  # (T-1,) prefix sizes k strictly between empty and full
     prefix = rank[:, :, None, :] < sizes[:, None]  # (B, K, T-1, T) the first k tokens of permutation p
     inner = (sizes < lengths[:, None, None]).expand(B, K, T - 1)  # (B, K, T-1) k < T_i: not yet full
-    # The rows scored, in this order (the three slices of `values` below rely on it):
-    #   [0, B)    the empty coalition of each response
-    #   [B, 2B)   the full response
-    #   [2B, N)   the inner prefixes, response by response, permutation by permutation, by size
+    # The rows scored, in this order (the slices of `values` below rely on it): [0, B) the empty coalition
+    # of each response, [B, 2B) the full response, [2B, N) the inner prefixes (response, permutation, size)
     responses = torch.arange(B)  # (B,)
     inner_owner = responses[:, None, None].expand(B, K, T - 1)[inner]  # (N - 2B,)
     owner = torch.cat([responses, responses, inner_owner])  # (N,)
     visible = torch.cat([torch.zeros_like(real), real, prefix[inner]])  # (N, T)
     values, rows = score_coalitions(prompts, pieces, owner, visible, reward_fn, config, dedupe=True)
-    empty = values[:B]  # (B,)
-    full = values[B : 2 * B]  # (B,)
-    inner_values = values[2 * B :]  # (N - 2B,)
+    empty, full, inner_values = values[:B], values[B : 2 * B], values[2 * B :]  # (B,), (B,), (N - 2B,)
     chain = full[:, None, None].repeat(1, K, T + 1)  # (B, K, T+1) f(first k tokens of p), k = 0..T
     chain[:, :, 0] = empty[:, None]
     chain[:, :, 1:T][inner] = inner_values
-    with_t = chain.gather(2, rank + 1)  # (B, K, T) f(Pre_p(t) + t)
-    without_t = chain.gather(2, rank)  # (B, K, T) f(Pre_p(t))
-    marginal = with_t - without_t  # (B, K, T); 0 on padding (both full)
+    marginal = chain.gather(2, rank + 1) - chain.gather(2, rank)  # (B, K, T) f(Pre_p(t) + t) - f(Pre_p(t))
     return (marginal.mean(1) * real).float(), rows
 
 
@@ -254,16 +286,15 @@ def shap_library(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]
 
         masker = shap.maskers.Independent(np.zeros((1, n)))
         explainer = shap.PermutationExplainer(model, masker, seed=config.seed + i)
-        max_evals = config.shap_permutations // 2 * (2 * n + 1)
-        explanation = explainer(np.ones((1, n)), max_evals=max_evals, silent=True)
+        explanation = explainer(
+            np.ones((1, n)), max_evals=config.shap_permutations // 2 * (2 * n + 1), silent=True
+        )
         phi[i, :n] = torch.as_tensor(explanation.values[0])
     np.random.set_state(numpy_state)
     return phi.float(), rows
 
 
-# ---------------------------------------------------------------------------------------
-# 3. LIME: a kernel-weighted ridge surrogate on random masks
-# ---------------------------------------------------------------------------------------
+# ---- 3. LIME: a kernel-weighted ridge surrogate on random masks -----------------------------
 def lime_kernel(distances: np.ndarray, width: float) -> np.ndarray:
     """lime's text kernel pi = sqrt(exp(-d^2 / width^2)), d = 100 x cosine distance to the full response."""
     return np.sqrt(np.exp(-(distances**2) / width**2))
@@ -302,11 +333,10 @@ def lime_batched(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]
 def lime_library(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]:
     """The lime package: LimeBase (lime's kernel-weighted ridge) over binary token masks.
 
-    Why LimeBase and not LimeTextExplainer: the text explainer re-splits raw text with a
-    regex, so its features cannot be the policy's tokens (sub-word BPE pieces, an EOS with
-    no text, a prompt that must stay visible). The neighbourhood is drawn exactly as its
-    text explainer draws it, from one generator seeded per call, one reward call per
-    response (as lime's classifier_fn would see it), regression on the reward itself.
+    Not LimeTextExplainer: it re-splits raw text with a regex, so its features cannot be the
+    policy's tokens (BPE pieces, an EOS with no text, a prompt that must stay visible). The
+    neighbourhood is drawn as its text explainer draws it, from one generator seeded per call,
+    one reward call per response (as lime's classifier_fn sees it), regressing the reward.
     """
     lengths, real = real_tokens(pieces)
     S, rng = config.lime_samples, np.random.RandomState(config.seed)
@@ -319,18 +349,16 @@ def lime_library(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]
         visible = torch.as_tensor(masks) > 0.5
         values, _ = score_coalitions(prompts, pieces, torch.full((S,), i), visible, reward_fn, config)
         distances = pairwise_distances(masks, masks[:1], metric="cosine").ravel() * 100
-        ridge = Ridge(alpha=config.lime_ridge_alpha)
         _, coefficients, _, _ = explainer.explain_instance_with_data(
-            masks, values.numpy()[:, None], distances, 0, n, feature_selection="none", model_regressor=ridge
-        )
+            masks, values.numpy()[:, None], distances, 0, n, feature_selection="none",
+            model_regressor=Ridge(alpha=config.lime_ridge_alpha),
+        )  # fmt: skip
         for feature, coefficient in coefficients:
             beta[i, feature] = coefficient
     return beta.float(), len(lengths) * S
 
 
-# ---------------------------------------------------------------------------------------
-# 4. Attention credit (ABC, Chan et al. 2024)
-# ---------------------------------------------------------------------------------------
+# ---- 4. Attention credit (ABC, Chan et al. 2024) --------------------------------------------
 def reads_last_token(config) -> bool:
     """Decoder RMs score at the last real token, encoder RMs (BERT) at the first ([CLS])."""
     model_type = getattr(config, "model_type", "")
@@ -350,10 +378,8 @@ def readout_attention(reward_model, encoded, max_rows: int) -> torch.Tensor:
         if not attentions or attentions[-1] is None:
             raise ValueError("the RM returned no attentions: load it with attn_implementation='eager'")
         mask = chunk["attention_mask"]  # (b, L)
-        if reads_last_token(reward_model.config):
-            readout = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # (b,) the last real token
-        else:
-            readout = mask.argmax(1)  # (b,) the first real token
+        last = reads_last_token(reward_model.config)  # read at the last real token, else the first
+        readout = mask.shape[1] - 1 - mask.flip(1).argmax(1) if last else mask.argmax(1)  # (b,)
         heads_mean = attentions[-1].mean(1)  # (b, L, L)
         readout_rows.append(heads_mean[torch.arange(len(readout), device=device), readout].cpu())  # (b, L)
     return torch.cat(readout_rows).double()  # (B, L)
@@ -362,38 +388,20 @@ def readout_attention(reward_model, encoded, max_rows: int) -> torch.Tensor:
 def attention_credit(prompts, pieces, reward_model, reward_tokenizer, max_rows) -> tuple[torch.Tensor, int]:
     """alpha_t = sum_l A[r, l] share(l, t), normalised over the response: sum_t alpha_t = 1.
 
-    A = last-layer attention averaged over heads, r = the RM's read-out position, l = RM
-    tokens. share(l, t) splits RM token l evenly over the policy tokens t whose character
-    span overlaps its own (RM special tokens and prompt tokens overlap none). A response
-    whose pieces get no attention at all (e.g. only an EOS) gets a zero row.
+    A = last-layer attention averaged over heads, r = the RM's read-out position, l = RM tokens;
+    share(l, t) splits RM token l evenly over the policy tokens t it overlaps (`rm_tokens`). A
+    response whose pieces get no attention at all (e.g. only an EOS) gets a zero row.
     """
-    texts = [prompt + "".join(row) for prompt, row in zip(prompts, pieces)]
-    encoded = reward_tokenizer(texts, return_offsets_mapping=True, padding=True, return_tensors="pt")
-    offsets = encoded.pop("offset_mapping")  # (B, L, 2) character span of each RM token
     limit = getattr(reward_model.config, "max_position_embeddings", None)
-    too_long = encoded["attention_mask"].sum(1) > (limit or float("inf"))
-    if too_long.any():
-        i = int(too_long.nonzero()[0])
-        raise ValueError(f"response {i} ({texts[i]!r}) is over max_position_embeddings={limit} RM tokens")
+    encoded, overlap = rm_tokens(prompts, pieces, reward_tokenizer, limit)  # (B, L), (B, L, T)
     attention = readout_attention(reward_model, encoded, max_rows)  # (B, L)
-    _, real = real_tokens(pieces)  # (B, T)
-    T = real.shape[1]
-    # characters of the prompt, then of each piece (0 past the response): (B, T+1)
-    widths = [[len(prompt), *map(len, row)] + [0] * (T - len(row)) for prompt, row in zip(prompts, pieces)]
-    bounds = torch.tensor(widths).cumsum(1)  # (B, T+1) piece t spans characters [bounds_t, bounds_t+1)
-    piece_starts, piece_ends = bounds[:, None, :-1], bounds[:, None, 1:]  # (B, 1, T) each
-    rm_starts, rm_ends = offsets[..., 0, None], offsets[..., 1, None]  # (B, L, 1) each
-    overlap = (rm_starts < piece_ends) & (piece_starts < rm_ends)  # (B, L, T) the spans intersect
-    overlap = (overlap & real[:, None]).double()  # (B, L, T) and t is a real token
-    share = overlap / overlap.sum(-1, keepdim=True).clamp_min(1)  # (B, L, T) share(l, t)
+    share = overlap.double() / overlap.sum(-1, keepdim=True).clamp_min(1)  # (B, L, T) share(l, t)
     alpha = (attention[:, None, :] @ share)[:, 0]  # (B, T) sum_l A[r, l] share(l, t)
     total = alpha.sum(1, keepdim=True).clamp_min(1e-30)  # (B, 1)
-    return (alpha / total).float(), len(texts)
+    return (alpha / total).float(), len(pieces)
 
 
-# ---------------------------------------------------------------------------------------
-# 5. Entry points: over token ids, or over the texts a caller already decoded
-# ---------------------------------------------------------------------------------------
+# ---- 5. Entry points: over token ids, or over the texts a caller already decoded ------------
 BACKENDS = {
     ("shap", "batched"): shap_batched,
     ("shap", "library"): shap_library,
@@ -427,17 +435,8 @@ def attribute_texts(
     return BACKENDS[method, backend](prompts, pieces, reward_fn, config)
 
 
-def attribute(
-    method: str,
-    tokenizer,
-    prompt_ids,
-    response_ids,
-    response_mask,
-    reward_fn: RewardFn | None,
-    config: AttributionConfig | None = None,
-    reward_model=None,
-    reward_tokenizer=None,
-) -> tuple[torch.Tensor, int]:
+def attribute(method, tokenizer, prompt_ids, response_ids, response_mask, reward_fn, config=None,
+              reward_model=None, reward_tokenizer=None) -> tuple[torch.Tensor, int]:  # fmt: skip
     """Attributions (B, T) over the policy's response tokens, zero outside the mask, and RM rows used.
 
     `response_texts` then `attribute_texts`; to explain one batch by several methods, call

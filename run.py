@@ -80,6 +80,9 @@ class Setup:
     """how SHAP, LIME and attention explain the RM"""
     ppo_config: ppo.PPOConfig
     """PPO settings shared by every arm (each arm sets its own seed)"""
+    token_reward: reward_attribution.TokenReward | None = None
+    """f over the RM's token ids where the RM reads the policy's tokens (the embedded task): SHAP and
+    LIME build their coalitions as ids, with no text round trip; None: they score texts"""
 
     @property
     def tokenizer(self):
@@ -91,13 +94,22 @@ def build_setup(options: Options) -> Setup:
     the_task = task.build_task(task.TaskConfig(**where))
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     the_task.reward_model.to(auto if options.device == "auto" else options.device)
+    scorer = task.sdpa_view(the_task.reward_model)  # the RM's weights behind the SDPA kernel: every score
 
     def reward_fn(prompts, responses):
-        return task.score(the_task.reward_model, the_task.reward_tokenizer, prompts, responses)
+        return task.score(scorer, the_task.reward_tokenizer, prompts, responses)
+
+    def score_ids(input_ids, attention_mask):
+        return task.score_ids(scorer, input_ids, attention_mask)
 
     has_demos = all(the_task.demonstrations.get(p) is not None for p in the_task.train_prompts)
     reward_tokenizer = the_task.reward_tokenizer
     mask_string = (None if the_task.embedded else reward_tokenizer.mask_token) or reward_tokenizer.unk_token
+    token_reward = None  # the embedded task's policy and RM share one word-level tokenizer: coalitions as ids
+    if the_task.embedded:
+        token_reward = reward_attribution.TokenReward(
+            reward_tokenizer, score_ids, scorer.config.max_position_embeddings
+        )
     return Setup(
         task=the_task,
         reward_fn=reward_fn,
@@ -106,6 +118,7 @@ def build_setup(options: Options) -> Setup:
             mask_string=mask_string, lime_samples=options.lime_samples, seed=options.seed
         ),
         ppo_config=ppo.PPOConfig(**{name: getattr(options, name) for name in SHARED_WITH_PPO}),
+        token_reward=token_reward,
     )
 
 
@@ -122,7 +135,7 @@ def reward_components(setup: Setup, prompt_ids, response_ids, response_mask, met
     )
     responses = ["".join(row) for row in pieces]
     scores = setup.reward_fn(prompts, responses)  # (B,)
-    explained_fn = setup.rcfd_reward_fn if rcfd else setup.reward_fn  # (prompts, responses) -> R
+    explained_fn = setup.rcfd_reward_fn if rcfd else setup.token_reward or setup.reward_fn  # coalitions -> R
     sequence_reward = explained_fn(prompts, responses) if rcfd else scores  # (B,)
     attributions = {}
     for method in methods:
