@@ -115,7 +115,10 @@ def build_setup(options: Options) -> Setup:
         reward_fn=reward_fn,
         rcfd_reward_fn=shaping.rcfd_reward_fn(reward_fn, the_task.demonstrations) if has_demos else None,
         attribution=reward_attribution.AttributionConfig(
-            mask_string=mask_string, lime_samples=options.lime_samples, seed=options.seed
+            mask_string,
+            shap_permutations=options.shap_permutations,
+            lime_samples=options.lime_samples,
+            seed=options.seed,
         ),
         ppo_config=ppo.PPOConfig(**{name: getattr(options, name) for name in SHARED_WITH_PPO}),
         token_reward=token_reward,
@@ -382,12 +385,14 @@ def parse_options(argv=None) -> Options:
     if options.quick:  # its own folder by default, so that a full run afterwards does not clash
         options = replace(options, **QUICK, out="runs/quick" if options.out == Options.out else options.out)
     at_least = dict(trials=0, iterations=1, batch_size=2, min_new_tokens=0, max_new_tokens=1, eval_every=1,
-        eval_prompts=1, confirm_seeds=0, lime_samples=2, threads=1, workers=1, bo_batch=1)  # fmt: skip
+        eval_prompts=1, confirm_seeds=0, shap_permutations=2, lime_samples=2, threads=1, workers=1,
+        bo_batch=1)  # fmt: skip
     for name, low in at_least.items():
         if getattr(options, name) < low:
             parser.error(f"--{name.replace('_', '-')} {getattr(options, name)}: expected >= {low}")
     checks = [
         (options.eval_every <= options.iterations, f"--eval-every {options.eval_every} > --iterations"),
+        (options.shap_permutations % 2 == 0, f"--shap-permutations {options.shap_permutations}: not even"),
         (options.min_new_tokens <= options.max_new_tokens, "--min-new-tokens > --max-new-tokens"),
         (options.kl_coef >= 0, f"--kl-coef {options.kl_coef}: expected >= 0"),
         (options.target_kl is None or options.target_kl > 0, f"--target-kl {options.target_kl} <= 0"),

@@ -8,7 +8,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # no network at test time: a hub name fails 
 
 import cli  # noqa: E402
 
-cli.pin_numerics("reproducible")  # run.py's default, in force before torch loads (also in subprocesses)
+cli.pin_numerics("reproducible")  # the same numbers on any CPU: set before torch loads (subprocesses too)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

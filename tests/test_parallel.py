@@ -71,12 +71,22 @@ def test_two_ray_workers_train_the_same_arms_and_trials_as_one(tmp_path, task_ca
 
 
 def test_another_cpus_code_paths_and_two_workers_change_no_number(tmp_path, task_cache, one_worker):
-    """--numerics reproducible (the default): run.py in a process of its own, with torch, MKL and oneDNN
+    """--numerics reproducible: run.py in a process of its own, with torch, MKL and oneDNN
     forced from outside onto the kernels of an AVX2 machine and its arms on two Ray workers, writes the
     trials and curves of the run above bit for bit (that run: this machine's own path, in this process)."""
     forced = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     assert set(forced) == set(cli.REPRODUCIBLE_CPU)  # each variable the mode sets is forced otherwise
-    argv = [*ARGV, "--workers", "2", "--out", str(tmp_path), "--cache-dir", task_cache]
+    argv = [
+        *ARGV,
+        "--numerics",
+        "reproducible",
+        "--workers",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--cache-dir",
+        task_cache,
+    ]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, "run.py", *argv], cwd=root, env={**os.environ, **forced},
                           capture_output=True, text=True)  # fmt: skip

@@ -379,7 +379,7 @@ def test_reproducible_numerics_replace_what_the_user_exported_and_refuse_a_late_
     assert all(os.environ[name] == "AVX2" for name in cli.REPRODUCIBLE_CPU)
     assert not cli.numerics_in_force("reproducible") and cli.numerics_in_force("native")
     with pytest.raises(SystemExit) as exit_info:  # torch loaded while the variables said AVX2
-        run.main(["--out", "unused"])
+        run.main(["--numerics", "reproducible", "--out", "unused"])
     assert exit_info.value.code == 2
     assert "--numerics reproducible: torch loaded before its settings" in capsys.readouterr().err
     cli.pin_numerics("reproducible")
