@@ -26,6 +26,10 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import cli  # noqa: E402
+
+cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 

@@ -80,6 +80,7 @@ def run_random_search(f, noise_sd, num_weights, rng):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--numerics", default="native", help="CPU kernels, as run.py's --numerics (native)")
     parser.add_argument("--seeds", type=int, default=20, help="repetitions per problem")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
     args = parser.parse_args()

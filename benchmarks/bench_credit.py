@@ -32,6 +32,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import cli  # noqa: E402
+
+cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
@@ -251,6 +255,7 @@ def part_fidelity(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--numerics", default="native", help="CPU kernels, as run.py's --numerics (native)")
     parser.add_argument("--part", choices=("short", "long", "fidelity", "all"), default="all")
     parser.add_argument("--repeats", type=int, default=5, help="alternating timed runs; the fastest counts")
     parser.add_argument("--cache-dir", default=os.path.join(ROOT, ".cache", "task"))

@@ -77,6 +77,7 @@ def describe(policy, trainer, setup, prompts: list[str], seed: int) -> dict[str,
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--numerics", default="native", help="CPU kernels, as run.py's --numerics (native)")
     parser.add_argument("--seed", type=int, default=1, help="seed of both arms (a confirmation seed)")
     parser.add_argument("--weights", help=f"JSON file of the dense arm's weights (default: {DENSE_WEIGHTS})")
     parser.add_argument("--out", default="runs/bench_drift", help="folder of the two arms' files")

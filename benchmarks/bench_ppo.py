@@ -24,10 +24,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # project modules
 
-import torch
+import cli  # noqa: E402
 
-import ppo
-import task
+cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
+
+import torch  # noqa: E402
+
+import ppo  # noqa: E402
+import task  # noqa: E402
 
 
 def floor_seconds(policy, rollout: ppo.Rollout, config: ppo.PPOConfig) -> float:
@@ -52,6 +56,7 @@ def floor_seconds(policy, rollout: ppo.Rollout, config: ppo.PPOConfig) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--numerics", default="native", help="CPU kernels, as run.py's --numerics (native)")
     parser.add_argument("--iterations", type=int, default=8, help="timed iterations")
     parser.add_argument("--batch", type=int, default=64, help="prompts per iteration (run.py's default)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")

@@ -119,6 +119,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--numerics", default="native", help="CPU kernels, as run.py's --numerics (native)")
     parser.add_argument("--size", choices=tuple(SIZES), help="default: gpt2 on CUDA, tiny on CPU")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only)")
