@@ -306,11 +306,9 @@ def load_pretrained(loader, name_or_path: str, what: str, **kwargs):
     """`loader.from_pretrained`, quiet, with one line that says what went wrong. A name that is not a
     local folder is read from the local hub cache unless the hub answers in seconds (no minute of retries)."""
     local_only = os.path.isdir(name_or_path) or not hub_answers()
-    verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
-    transformers.logging.set_verbosity_error()  # loading's known-harmless warnings, e.g. unused keys
-    transformers.logging.disable_progress_bar()  # and its weight-loading bars
     try:
-        return loader.from_pretrained(name_or_path, local_files_only=local_only, **kwargs)
+        with quiet_transformers():
+            return loader.from_pretrained(name_or_path, local_files_only=local_only, **kwargs)
     except (OSError, ValueError) as error:
         where = "it is not a local folder, and not in the local hub cache (is the network off?): no"
         where = "the local folder exists but holds no loadable" if os.path.isdir(name_or_path) else where
@@ -318,6 +316,16 @@ def load_pretrained(loader, name_or_path: str, what: str, **kwargs):
             f"cannot load the {what} {name_or_path!r}: {where} {what} "
             f"({type(error).__name__}: {str(error).splitlines()[0]})"
         ) from None
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers without its known-harmless warnings (e.g. unused keys) and its loading and saving bars."""
+    verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        yield
     finally:
         transformers.logging.set_verbosity(verbosity)
         if bars:
@@ -387,10 +395,13 @@ def build_embedded(folder: str, config: TaskConfig) -> None:
     prompts, demonstrations = make_prompts(config.n_train_prompts + config.n_val_prompts, rng)
     os.makedirs(config.cache_dir, exist_ok=True)
     partial = tempfile.mkdtemp(dir=config.cache_dir, prefix=".partial-")
-    policy.save_pretrained(os.path.join(partial, "policy"))
-    policy_tokenizer.save_pretrained(os.path.join(partial, "policy"))
-    reward_model.save_pretrained(os.path.join(partial, "reward_model"))
-    reward_tokenizer.save_pretrained(os.path.join(partial, "reward_model"))
+    with quiet_transformers():
+        for name, model, tokenizer in [
+            ("policy", policy, policy_tokenizer),
+            ("reward_model", reward_model, reward_tokenizer),
+        ]:
+            model.save_pretrained(os.path.join(partial, name))
+            tokenizer.save_pretrained(os.path.join(partial, name))
     train, val = prompts[: config.n_train_prompts], prompts[config.n_train_prompts :]
     stored = dict(train=train, val=val, demonstrations=demonstrations, build_seconds=time.time() - start)
     with open(os.path.join(partial, "prompts.json"), "w") as file:
