@@ -11,7 +11,7 @@ import contextlib
 import fcntl
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 
 def option(default, description: str, bare=None):
@@ -82,6 +82,36 @@ EXPERIMENT_OPTIONS = (  # options that change what a finished arm means
     "eval_prompts", "shap_permutations", "lime_samples", "policy", "reward_model", "prompts",
     "max_new_tokens", "min_new_tokens", "objective", "bo_batch", "numerics",
 )  # fmt: skip
+
+
+def parse(argv=None) -> tuple[argparse.ArgumentParser, Options]:
+    """The options of a command line, --quick applied, after each check that needs the options alone
+    (run.py checks the rest): a bad value exits with argparse's code 2 and one line."""
+    parser = option_parser()
+    options = Options(**vars(parser.parse_args(argv)))
+    if options.quick:  # its own folder by default, so that a full run afterwards does not clash
+        options = replace(options, **QUICK, out="runs/quick" if options.out == Options.out else options.out)
+    at_least = dict(trials=0, iterations=1, batch_size=2, min_new_tokens=0, max_new_tokens=1, eval_every=1,
+        eval_prompts=1, confirm_seeds=0, shap_permutations=2, lime_samples=2, threads=1, workers=1,
+        bo_batch=1)  # fmt: skip
+    for name, low in at_least.items():
+        if getattr(options, name) < low:
+            parser.error(f"--{name.replace('_', '-')} {getattr(options, name)}: expected >= {low}")
+    checks = [
+        (options.eval_every <= options.iterations, f"--eval-every {options.eval_every} > --iterations"),
+        (options.shap_permutations % 2 == 0, f"--shap-permutations {options.shap_permutations}: not even"),
+        (options.min_new_tokens <= options.max_new_tokens, "--min-new-tokens > --max-new-tokens"),
+        (options.kl_coef >= 0, f"--kl-coef {options.kl_coef}: expected >= 0"),
+        (options.target_kl is None or options.target_kl > 0, f"--target-kl {options.target_kl} <= 0"),
+        (options.objective in ("regularised", "auc"), f"--objective {options.objective!r}: expected "
+         "'regularised' or 'auc'"),
+        (options.numerics in ("reproducible", "native"), f"--numerics {options.numerics!r}: expected "
+         "'reproducible' or 'native'"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            parser.error(message)
+    return parser, options
 
 
 # Each library picks its CPU kernels when it loads, by what the CPU offers (AVX-512, AVX2, ...), and

@@ -26,19 +26,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
-from cli import (
-    EXPERIMENT_OPTIONS,
-    QUICK,
-    Options,
-    fail,
-    locked,
-    numerics_in_force,
-    option_parser,
-    pin_numerics,
-)
+import cli
+from cli import EXPERIMENT_OPTIONS, Options, fail, locked, parse
 
-if __name__ == "__main__":  # --help and a malformed option answer before seconds of imports; the CPU
-    pin_numerics(option_parser().parse_args().numerics)  # numerics are set before torch and numpy load
+if __name__ == "__main__":  # --help and a malformed option answer before seconds of imports, and the
+    cli.pin_numerics(cli.option_parser().parse_args().numerics)  # CPU numerics are set before torch loads
 
 import numpy as np
 import torch
@@ -49,6 +41,7 @@ import parallel
 import ppo
 import report
 import reward_attribution
+import scoring
 import shaping
 import task
 from report import Arm
@@ -94,13 +87,13 @@ def build_setup(options: Options) -> Setup:
     the_task = task.build_task(task.TaskConfig(**where))
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     the_task.reward_model.to(auto if options.device == "auto" else options.device)
-    scorer = task.sdpa_view(the_task.reward_model)  # the RM's weights behind the SDPA kernel: every score
+    scorer = scoring.sdpa_view(the_task.reward_model)  # the RM's weights behind the SDPA kernel: every score
 
     def reward_fn(prompts, responses):
-        return task.score(scorer, the_task.reward_tokenizer, prompts, responses)
+        return scoring.score(scorer, the_task.reward_tokenizer, prompts, responses)
 
     def score_ids(input_ids, attention_mask):
-        return task.score_ids(scorer, input_ids, attention_mask)
+        return scoring.score_ids(scorer, input_ids, attention_mask)
 
     has_demos = all(the_task.demonstrations.get(p) is not None for p in the_task.train_prompts)
     reward_tokenizer = the_task.reward_tokenizer
@@ -361,7 +354,7 @@ def credit_examples(setup: Setup, options: Options, arm_weights: dict) -> dict:
 # ---------------------------------------------------------------------------------------
 def main(argv=None) -> dict:
     options = parse_options(argv)
-    if not numerics_in_force(options.numerics):
+    if not cli.numerics_in_force(options.numerics):
         fail(f"--numerics {options.numerics}: torch loaded before its settings; run run.py as a script, or "
              "call cli.pin_numerics before importing torch")  # fmt: skip
     torch.set_num_threads(options.threads)
@@ -380,26 +373,8 @@ def main(argv=None) -> dict:
 
 def parse_options(argv=None) -> Options:
     """Parse and check every option before any work: argparse's exit code 2 and one line."""
-    parser = option_parser()
-    options = Options(**vars(parser.parse_args(argv)))
-    if options.quick:  # its own folder by default, so that a full run afterwards does not clash
-        options = replace(options, **QUICK, out="runs/quick" if options.out == Options.out else options.out)
-    at_least = dict(trials=0, iterations=1, batch_size=2, min_new_tokens=0, max_new_tokens=1, eval_every=1,
-        eval_prompts=1, confirm_seeds=0, shap_permutations=2, lime_samples=2, threads=1, workers=1,
-        bo_batch=1)  # fmt: skip
-    for name, low in at_least.items():
-        if getattr(options, name) < low:
-            parser.error(f"--{name.replace('_', '-')} {getattr(options, name)}: expected >= {low}")
+    parser, options = parse(argv)  # each check that needs the options alone, in cli.py
     checks = [
-        (options.eval_every <= options.iterations, f"--eval-every {options.eval_every} > --iterations"),
-        (options.shap_permutations % 2 == 0, f"--shap-permutations {options.shap_permutations}: not even"),
-        (options.min_new_tokens <= options.max_new_tokens, "--min-new-tokens > --max-new-tokens"),
-        (options.kl_coef >= 0, f"--kl-coef {options.kl_coef}: expected >= 0"),
-        (options.target_kl is None or options.target_kl > 0, f"--target-kl {options.target_kl} <= 0"),
-        (options.objective in ("regularised", "auc"), f"--objective {options.objective!r}: expected "
-         "'regularised' or 'auc'"),
-        (options.numerics in ("reproducible", "native"), f"--numerics {options.numerics!r}: expected "
-         "'reproducible' or 'native'"),
         (options.ray_address is None or parallel.has_ray(), "--ray-address needs ray: pip install ray"),
         (not options.tensorboard or report.has_tensorboard(), "--tensorboard needs tensorboard: pip install "
          "tensorboard"),

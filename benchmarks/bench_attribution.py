@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import reward_attribution as ra  # noqa: E402
+import scoring  # noqa: E402
 import shaping  # noqa: E402
 import task as task_module  # noqa: E402
 
@@ -90,7 +91,7 @@ def main(args: Args) -> None:
     )
 
     def reward_fn(prompt_texts, response_texts):
-        return task_module.score(task.reward_model, task.reward_tokenizer, prompt_texts, response_texts)
+        return scoring.score(task.reward_model, task.reward_tokenizer, prompt_texts, response_texts)
 
     # 1. sequence rewards, and the two truths of the embedded language per response token
     prompt_texts, pieces = ra.response_texts(task.policy_tokenizer, *ids)

@@ -5,7 +5,7 @@
 
     before  the text path: coalition texts tokenized by the RM's tokenizer, the eager RM
     after   coalitions built as RM ids (reward_attribution.TokenReward), the RM's SDPA view
-            (task.sdpa_view), the AttributionConfig defaults
+            (scoring.sdpa_view), the AttributionConfig defaults
 
 1. short: one batch of 64 SFT responses of 8-16 new tokens on the embedded task, 1 thread: the
    rollout, the PPO update, SHAP and LIME before and after, each split into the RM's forward
@@ -42,6 +42,7 @@ import transformers  # noqa: E402
 
 import ppo  # noqa: E402
 import reward_attribution as ra  # noqa: E402
+import scoring  # noqa: E402
 import task as task_module  # noqa: E402
 
 BEFORE = dict(
@@ -83,10 +84,10 @@ class Stopwatch:
 
 def paths(reward_model, reward_tokenizer, watch):
     """The reward function of each path: texts through the eager RM, ids through its SDPA view."""
-    view = task_module.sdpa_view(reward_model)
+    view = scoring.sdpa_view(reward_model)
     watch.__init__(reward_model, view)
-    text_fn = watch.wrap("reward_fn", lambda p, r: task_module.score(reward_model, reward_tokenizer, p, r))
-    ids_fn = watch.wrap("reward_fn", lambda i, m: task_module.score_ids(view, i, m))
+    text_fn = watch.wrap("reward_fn", lambda p, r: scoring.score(reward_model, reward_tokenizer, p, r))
+    ids_fn = watch.wrap("reward_fn", lambda i, m: scoring.score_ids(view, i, m))
     limit = reward_model.config.max_position_embeddings
     return {"before": text_fn, "after": ra.TokenReward(reward_tokenizer, ids_fn, limit)}
 
@@ -232,9 +233,8 @@ def part_fidelity(args):
         f"\n3. fidelity: 64 SFT responses, {spread}; RM fidelity (its exact Shapley vs the game's) {rm:.3f}"
     )
     print(f"{'':<22}{'mean of 3 seeds':^23}{'worst seed':^25}")
-    print(
-        f"{'method':<6}{'n':>5}{'rows/resp':>11}{'explainer':>11}{'end-to-end':>12}{'explainer':>13}{'end-to-end':>12}"
-    )
+    print(f"{'method':<6}{'n':>5}{'rows/resp':>11}{'explainer':>11}{'end-to-end':>12}"
+          f"{'explainer':>13}{'end-to-end':>12}")  # fmt: skip
     grid = [("shap", "shap_permutations", k) for k in (2, 4, 6, 8, 12, 16)]
     grid += [("lime", "lime_samples", s) for s in (16, 24, 32, 48, 64, 96, 128, 256)]
     for method, field, n in grid:
@@ -248,9 +248,8 @@ def part_fidelity(args):
             )
         rows, explainer, end_to_end = np.mean(figures, 0)
         worst = np.min(figures, 0)
-        print(
-            f"{method:<6}{n:>5}{rows:>11.1f}{explainer:>11.3f}{end_to_end:>12.3f}{worst[1]:>13.3f}{worst[2]:>12.3f}"
-        )
+        print(f"{method:<6}{n:>5}{rows:>11.1f}{explainer:>11.3f}{end_to_end:>12.3f}"
+              f"{worst[1]:>13.3f}{worst[2]:>12.3f}")  # fmt: skip
 
 
 def main():

@@ -1,7 +1,7 @@
 """Benchmark: where one PPO iteration spends its time on the embedded task, and how close it
 comes to the unavoidable cost.
 
-An iteration (ppo.PPOTrainer.rollout + update, batch 64, sparse reward from task.score on
+An iteration (ppo.PPOTrainer.rollout + update, batch 64, sparse reward from scoring.score on
 the decoded responses) is split into generation, the two no-grad log-prob forwards
 (policy with values, reference) and the update (GAE, PPO epochs). The floor is measured
 separately, right after each iteration on the same tokens: bare forward+backward passes of
@@ -31,6 +31,7 @@ cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
 import torch  # noqa: E402
 
 import ppo  # noqa: E402
+import scoring  # noqa: E402
 import task  # noqa: E402
 
 
@@ -90,7 +91,7 @@ def main():
         responses = [
             " " + text for text in tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
         ]
-        scores = task.score(the_task.reward_model, the_task.reward_tokenizer, prompts, responses)
+        scores = scoring.score(the_task.reward_model, the_task.reward_tokenizer, prompts, responses)
         token_rewards = ppo.sparse_token_rewards(scores, rollout.response_mask)
         scored = time.perf_counter()
         stats = trainer.update(rollout, token_rewards, scores)

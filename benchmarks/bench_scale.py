@@ -51,6 +51,7 @@ from transformers import (  # noqa: E402
 
 import ppo  # noqa: E402
 import reward_attribution  # noqa: E402
+import scoring  # noqa: E402
 import task  # noqa: E402
 
 POLICY_VOCAB, RM_VOCAB = 50257, 30522
@@ -148,7 +149,7 @@ def main():
     prompts_pool, _ = task.make_prompts(args.batch * (args.warmup + args.iterations), random.Random(0))
 
     def reward_fn(prompts, responses):
-        return task.score(reward_model, rm_tokenizer, prompts, responses)
+        return scoring.score(reward_model, rm_tokenizer, prompts, responses)
 
     phases, rows_per_response, tokens = {}, {}, []
     for iteration in range(args.warmup + args.iterations):

@@ -21,6 +21,7 @@ cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
 
 import torch  # noqa: E402
 
+import scoring  # noqa: E402
 import task  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def main():
     reviews = [task.random_review(rng) for _ in range(4000)]
     labels = torch.tensor([task.token_scores(words).sum() > 0 for words in reviews])
     negated = torch.tensor(["not" in words for words in reviews])
-    scores = task.score(
+    scores = scoring.score(
         built.reward_model,
         built.reward_tokenizer,
         [""] * len(reviews),

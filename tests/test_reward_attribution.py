@@ -9,7 +9,7 @@ from transformers import BertConfig, BertForSequenceClassification, GPT2Config, 
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 import reward_attribution as ra
-import task as task_module
+import scoring
 
 SPECIAL = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[CLS]"]
 VALUES = {
@@ -302,7 +302,7 @@ def embedded(embedded_task):
     ids = encode(task.policy_tokenizer, [p for p, _ in pairs], [d.strip() for _, d in pairs])
 
     def reward_fn(prompts, responses):
-        return task_module.score(task.reward_model, task.reward_tokenizer, prompts, responses)
+        return scoring.score(task.reward_model, task.reward_tokenizer, prompts, responses)
 
     return task, ids, reward_fn
 
@@ -448,7 +448,7 @@ def test_sdpa_view_scores_as_the_eager_rm_on_its_own_weights(embedded):
     """Coalition texts of 16 responses (every third token hidden, three ways) score the same to float
     tolerance through the eager RM and through its SDPA view, which holds the RM's own tensors."""
     task, ids, _ = embedded
-    view = task_module.sdpa_view(task.reward_model)
+    view = scoring.sdpa_view(task.reward_model)
     assert (view.config._attn_implementation, task.reward_model.config._attn_implementation) == (
         "sdpa",
         "eager",
@@ -461,16 +461,16 @@ def test_sdpa_view_scores_as_the_eager_rm_on_its_own_weights(embedded):
         for k in range(3)
     ]
     row_prompts = [prompt for prompt in prompts for _ in range(3)]
-    eager = task_module.score(task.reward_model, task.reward_tokenizer, row_prompts, texts)
-    fast = task_module.score(view, task.reward_tokenizer, row_prompts, texts)
+    eager = scoring.score(task.reward_model, task.reward_tokenizer, row_prompts, texts)
+    fast = scoring.score(view, task.reward_tokenizer, row_prompts, texts)
     assert torch.allclose(eager, fast, atol=1e-5) and eager.abs().max() > 1
 
 
 def test_shap_and_lime_through_the_id_path_and_sdpa_equal_the_text_path(embedded):
     """What run.py wires on the embedded task gives the credit of the eager text path, to float tolerance."""
     task, ids, reward_fn = embedded
-    view = task_module.sdpa_view(task.reward_model)
-    token_reward = ra.TokenReward(task.reward_tokenizer, lambda i, m: task_module.score_ids(view, i, m), 64)
+    view = scoring.sdpa_view(task.reward_model)
+    token_reward = ra.TokenReward(task.reward_tokenizer, lambda i, m: scoring.score_ids(view, i, m), 64)
     for method in ("shap", "lime"):
         by_text, text_rows = ra.attribute(method, task.policy_tokenizer, *ids, reward_fn)
         by_ids, id_rows = ra.attribute(method, task.policy_tokenizer, *ids, token_reward)

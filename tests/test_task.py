@@ -12,6 +12,7 @@ import torch
 import transformers
 
 import reward_attribution as ra
+import scoring
 import task
 
 SMALL = dict(n_reviews=400, n_train_prompts=8, n_val_prompts=4, rm_steps=3, sft_steps=3)
@@ -116,7 +117,9 @@ def test_exact_shapley_of_the_rm_tracks_the_true_game(embedded_task):
     response_mask = (is_eos.cumsum(1) - is_eos == 0).long()  # up to and including the first EOS
 
     def reward_fn(prompt_texts, responses):
-        return task.score(embedded_task.reward_model, embedded_task.reward_tokenizer, prompt_texts, responses)
+        return scoring.score(
+            embedded_task.reward_model, embedded_task.reward_tokenizer, prompt_texts, responses
+        )
 
     config = ra.AttributionConfig(shap_backend="exact")
     phi, _ = ra.attribute(
@@ -157,7 +160,7 @@ def test_reward_model_accuracy_including_negation(embedded_task):
     reviews = held_out_reviews()
     labels = torch.tensor([task.token_scores(words).sum() > 0 for words in reviews])
     negated = torch.tensor(["not" in words for words in reviews])
-    scores = task.score(
+    scores = scoring.score(
         embedded_task.reward_model,
         embedded_task.reward_tokenizer,
         [""] * len(reviews),
@@ -166,15 +169,6 @@ def test_reward_model_accuracy_including_negation(embedded_task):
     correct = ((scores > 0) == labels).float()
     assert correct.mean() >= 0.98
     assert negated.sum() > 300 and correct[negated].mean() >= 0.98
-
-
-def test_score_is_the_logit_margin_and_rejects_long_texts(embedded_task):
-    rm, tokenizer = embedded_task.reward_model, embedded_task.reward_tokenizer
-    logits = rm(**tokenizer(["the plot was superb ."], return_tensors="pt")).logits[0]
-    margin = task.score(rm, tokenizer, ["the plot"], [" was superb ."])
-    assert torch.allclose(margin, (logits[1] - logits[0]).reshape(1), atol=1e-5)
-    with pytest.raises(ValueError, match="at most 64 expected"):
-        task.score(rm, tokenizer, ["the plot"], [" was good" * 40])
 
 
 def test_sft_policy_writes_well_formed_reviews(embedded_task):
@@ -241,8 +235,8 @@ def test_save_pretrained_round_trip_through_the_real_loader(tmp_path, embedded_t
     assert torch.equal(loaded.policy(ids).logits, embedded_task.policy(ids).logits)
     text = ["the acting was not dull ."]
     assert torch.equal(
-        task.score(loaded.reward_model, loaded.reward_tokenizer, text, [""]),
-        task.score(embedded_task.reward_model, embedded_task.reward_tokenizer, text, [""]),
+        scoring.score(loaded.reward_model, loaded.reward_tokenizer, text, [""]),
+        scoring.score(embedded_task.reward_model, embedded_task.reward_tokenizer, text, [""]),
     )
 
 
