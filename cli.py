@@ -44,6 +44,8 @@ class Options:
     policy: str | None = option(None, "policy: hub name or local path (default: the embedded task)")
     reward_model: str | None = option(None, "reward model: hub name or local path (default: embedded)")
     prompts: str | None = option(None, "prompts file, one per line, `prompt<TAB>demonstration` optional")
+    reviews: str = option("sentence", "embedded reviews: 'sentence' (one each) or 'sized' (several, as long "
+                          "as --min/--max-new-tokens asks: a task per range)")  # fmt: skip
     cache_dir: str = option(".cache/task", "where the embedded task's models are cached")
     device: str = option("auto", "auto, cpu or cuda")
     numerics: str = option("native", "CPU kernels: 'native' (this CPU's fastest) or 'reproducible' (the same "
@@ -80,7 +82,7 @@ QUICK = dict(iterations=4, trials=2, batch_size=16, eval_every=2, eval_prompts=1
 EXPERIMENT_OPTIONS = (  # options that change what a finished arm means
     "iterations", "batch_size", "seed", "learning_rate", "kl_coef", "target_kl", "kl_horizon", "eval_every",
     "eval_prompts", "shap_permutations", "lime_samples", "policy", "reward_model", "prompts",
-    "max_new_tokens", "min_new_tokens", "objective", "bo_batch", "numerics",
+    "max_new_tokens", "min_new_tokens", "objective", "bo_batch", "numerics", "reviews",
 )  # fmt: skip
 
 
@@ -101,12 +103,16 @@ def parse(argv=None) -> tuple[argparse.ArgumentParser, Options]:
         (options.eval_every <= options.iterations, f"--eval-every {options.eval_every} > --iterations"),
         (options.shap_permutations % 2 == 0, f"--shap-permutations {options.shap_permutations}: not even"),
         (options.min_new_tokens <= options.max_new_tokens, "--min-new-tokens > --max-new-tokens"),
+        (len(set(components := options.components.split(","))) == len(components) >= 2, f"--components "
+         f"{options.components!r}: expected at least 2 distinct components (the BO searches their weights)"),
         (options.kl_coef >= 0, f"--kl-coef {options.kl_coef}: expected >= 0"),
         (options.target_kl is None or options.target_kl > 0, f"--target-kl {options.target_kl} <= 0"),
         (options.objective in ("regularised", "auc"), f"--objective {options.objective!r}: expected "
          "'regularised' or 'auc'"),
         (options.numerics in ("reproducible", "native"), f"--numerics {options.numerics!r}: expected "
          "'reproducible' or 'native'"),
+        (options.reviews in ("sentence", "sized"), f"--reviews {options.reviews!r}: expected 'sentence' or "
+         "'sized'"),
     ]  # fmt: skip
     for ok, message in checks:
         if not ok:

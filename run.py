@@ -49,6 +49,7 @@ from report import Arm
 BASELINES = {  # arm -> credit weights; RCfD also swaps the reward (see train_arm)
     "sparse": {"sparse": 1.0}, "uniform": {"uniform": 1.0}, "abc": {"attention": 0.8, "sparse": 0.2},
     "shap": {"shap": 1.0}, "lime": {"lime": 1.0}, "rcfd": {"sparse": 1.0},
+    "true_shapley": {"true_shapley": 1.0}, "lexicon": {"lexicon": 1.0},  # oracles: the embedded task's truths
 }  # fmt: skip
 SHARED_WITH_PPO = ("learning_rate", "min_new_tokens", "max_new_tokens", "kl_coef", "target_kl", "kl_horizon",
                    "device")  # fmt: skip
@@ -84,7 +85,8 @@ class Setup:
 
 def build_setup(options: Options) -> Setup:
     where = {name: getattr(options, name) for name in ("cache_dir", "policy", "reward_model", "prompts")}
-    the_task = task.build_task(task.TaskConfig(**where))
+    sized = (options.min_new_tokens, options.max_new_tokens) if options.reviews == "sized" else None
+    the_task = task.build_task(task.TaskConfig(**where, response_tokens=sized))
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     the_task.reward_model.to(auto if options.device == "auto" else options.device)
     scorer = scoring.sdpa_view(the_task.reward_model)  # the RM's weights behind the SDPA kernel: every score
@@ -135,6 +137,9 @@ def reward_components(setup: Setup, prompt_ids, response_ids, response_mask, met
     sequence_reward = explained_fn(prompts, responses) if rcfd else scores  # (B,)
     attributions = {}
     for method in methods:
+        if method in shaping.TRUTHS:  # no explainer: the credit of the game the RM was trained on
+            attributions[method] = task.true_credit(setup.task, method, prompts, response_ids, response_mask)
+            continue
         values, _ = reward_attribution.attribute_texts(
             method, prompts, pieces, explained_fn, setup.attribution,
             setup.task.reward_model, setup.task.reward_tokenizer,
@@ -175,9 +180,8 @@ def scored(setup: Setup, policy, ref_policy, config: ppo.PPOConfig, prompts: lis
 
 
 def samples(setup: Setup, policy, config: ppo.PPOConfig, seed: int) -> list[dict]:
-    """samples.md's rows for one policy: its responses to the first SAMPLE_PROMPTS held-out prompts, each
-    with its RM score and sequence KL. Drawn with a generator of their own, seeded by `seed`: the same
-    draws for every policy, and the training RNG untouched."""
+    """samples.md's rows: responses to the first SAMPLE_PROMPTS held-out prompts with RM score and sequence
+    KL, drawn by a generator seeded by `seed` (the same draws for every policy; the training RNG untouched)"""
     prompts = setup.task.val_prompts[:SAMPLE_PROMPTS]
     enc = setup.tokenizer(prompts, return_tensors="pt", padding=True)
     device = next(policy.parameters()).device
@@ -327,19 +331,15 @@ def credit_examples(setup: Setup, options: Options, arm_weights: dict) -> dict:
         setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id, generator=generator,
     )  # fmt: skip
     response_ids, response_mask = response_ids.cpu(), response_mask.cpu()
-    components, _ = reward_components(
-        setup, enc["input_ids"], response_ids, response_mask, shaping.ATTRIBUTIONS
-    )
+    methods = [m for m in shaping.ATTRIBUTIONS if setup.task.embedded or m not in shaping.TRUTHS]
+    components, _ = reward_components(setup, enc["input_ids"], response_ids, response_mask, methods)
     credit = {name: shaping.shape(components, w) for name, w in arm_weights.items()}  # (B, T) each
     lengths = response_mask.sum(1).tolist()
     tokens = [setup.tokenizer.convert_ids_to_tokens(row[: int(n)]) for row, n in zip(response_ids, lengths)]
     truths = {}
     if setup.task.embedded:
-        credit_fns = {"Shapley truth": task.true_shapley_credit, "lexicon": task.true_token_credit}
-        for truth, credit_of in credit_fns.items():
-            truths[truth] = torch.zeros_like(response_mask, dtype=torch.float32)  # (B, T)
-            for i, (prompt, words) in enumerate(zip(prompts, tokens)):
-                truths[truth][i, : len(words)] = torch.tensor(credit_of(prompt, words))
+        for truth, name in [("Shapley truth", "true_shapley"), ("lexicon", "lexicon")]:
+            truths[truth] = task.true_credit(setup.task, name, prompts, response_ids, response_mask)
     fidelity = {
         name: {truth: report.fidelity(values, rows, response_mask) for truth, rows in truths.items()}
         for name, values in credit.items()
@@ -355,8 +355,7 @@ def credit_examples(setup: Setup, options: Options, arm_weights: dict) -> dict:
 def main(argv=None) -> dict:
     options = parse_options(argv)
     if not cli.numerics_in_force(options.numerics):
-        fail(f"--numerics {options.numerics}: torch loaded before its settings; run run.py as a script, or "
-             "call cli.pin_numerics before importing torch")  # fmt: skip
+        fail(f"--numerics {options.numerics}: torch loaded before its settings; run run.py as a script")
     torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
     print(f"building the task (embedded: about a minute the first time, cached in {options.cache_dir})")
@@ -366,6 +365,8 @@ def main(argv=None) -> dict:
         fail(str(error))
     if options.batch_size > len(setup.task.train_prompts):
         fail(f"--batch-size {options.batch_size}: only {len(setup.task.train_prompts)} training prompts")
+    if too_long := task.position_error(setup.task, options.max_new_tokens):  # before the folder is claimed
+        fail(too_long)
     with locked(options.out):
         claim_output_folder(options)  # only once the models and prompts have loaded
         return experiment(setup, options)
@@ -391,11 +392,16 @@ def parse_options(argv=None) -> Options:
     for path, what in [(options.prompts, "--prompts"), (options.weights, "--weights")]:
         if path is not None and not os.path.isfile(path):
             parser.error(f"{what} file {path!r} does not exist")
+    weights = [BASELINES[name] for name in options.baselines.split(",") if name]
     if options.weights is not None:
         try:
-            shaping.check_weights(report.read_json(options.weights))
+            weights.append(report.read_json(options.weights))
+            shaping.check_weights(weights[-1])
         except (ValueError, AttributeError) as error:
             parser.error(f"--weights file {options.weights!r}: {error}")
+    oracles = sorted({*options.components.split(","), *(c for w in weights for c in w)} & set(shaping.TRUTHS))
+    if oracles and (options.policy, options.reward_model, options.prompts) != (None, None, None):
+        parser.error(f"credit {oracles} is the embedded task's truth: a real model pair has none")
     for name in (options.save_policy or "").split(","):
         if options.save_policy is not None and name not in ["bo-best", *arm_names(options)]:
             parser.error(f"--save-policy: no arm {name!r} in this run; expected some of {arm_names(options)}")

@@ -8,6 +8,8 @@ exactly (docs/method.md, section 3); for response i with T_i real tokens:
     attention  c_t = alpha_t R                         (ABC, Chan et al. 2024)
     shap       c_t = phi_t  + (R - sum_j phi_j)  [t == T_i]
     lime       c_t = beta_t + (R - sum_j beta_j) [t == T_i]
+    true_shapley, lexicon   the same, from the embedded task's truths (exact Shapley values of its
+               sentiment game, the lexicon's signed scores): dense credit that is exactly right
 
 The shaped reward mixes them with weights on the simplex (Koo et al. 2025, r' = W^T E r):
 
@@ -36,8 +38,9 @@ from collections.abc import Callable
 
 import torch
 
-COMPONENTS = ("sparse", "uniform", "attention", "shap", "lime")
-ATTRIBUTIONS = ("attention", "shap", "lime")  # the components computed from an explanation
+COMPONENTS = ("sparse", "uniform", "attention", "shap", "lime", "true_shapley", "lexicon")
+ATTRIBUTIONS = ("attention", "shap", "lime", "true_shapley", "lexicon")  # from an explanation or a truth
+TRUTHS = ("true_shapley", "lexicon")  # the embedded task's own credit (no explainer): oracles
 SIMPLEX_TOLERANCE = 1e-6  # on the simplex: every w_k >= -tol and |sum_k w_k - 1| <= tol (as bayes_opt)
 
 
@@ -119,8 +122,8 @@ def credit_components(
     """Every available credit component (B, T), each summing to R per response, zero outside the mask.
 
     Always "sparse" and "uniform"; plus one per attribution given: "attention" (alpha >= 0,
-    renormalised to sum 1 over the response) and "shap"/"lime" (phi, beta in reward units,
-    completed by the residual on the last real token). A response whose attention is all
+    renormalised to sum 1 over the response) and "shap"/"lime"/"true_shapley"/"lexicon" (in reward
+    units, completed by the residual on the last real token). A response whose attention is all
     zero gets the sparse credit: no information about the tokens, so no redistribution
     (SHAP/LIME rows of zeros reduce to sparse the same way, through the residual).
     """

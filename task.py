@@ -19,30 +19,24 @@ Built models are cached by settings and read back by `from_pretrained`, which al
 name or a local path: a real setup (a GPT-2 policy, a DistilBERT IMDb RM) is one option away.
 """
 
-import contextlib
 import hashlib
 import json
-import math
 import os
 import random
 import shutil
-import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from urllib.parse import urlparse
 
-import huggingface_hub
 import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-CACHE_VERSION = 3  # bump when the generator or the training recipe changes
-REWARD_CLIP = 8  # the RM regresses the visible sentiment clipped to +-8
-HUB_HOST = urlparse(huggingface_hub.constants.ENDPOINT).hostname  # answers on 443 when online
-MAX_SHAPLEY_PLAYERS = 16  # true_shapley_credit enumerates 2^n coalitions of the words that matter
+from loading import load_policy, load_reward_model, quiet_transformers, read_prompts
+
+CACHE_VERSION = 4  # bump when the generator or the training recipe changes
 
 
 # ---- The review language --------------------------------------------------------------
@@ -86,6 +80,7 @@ CONNECTIVES = ("but", "and")
 NEGATION = "not"
 END = "."
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[CLS]"]
+TRANSPARENT = {*ADVERBS, *SPECIAL_TOKENS}  # words a pending `not` passes over
 VOCABULARY = SPECIAL_TOKENS + sorted(
     {*POLARITY, *NOUNS, *MODIFIERS, *VERBS, *ADVERBS, *DETERMINERS, *CONNECTIVES, NEGATION, END}
 )
@@ -105,7 +100,7 @@ def random_clause(rng: random.Random) -> dict:
     }
 
 
-def random_review(rng: random.Random, first_clause: dict | None = None) -> list[str]:
+def random_sentence(rng: random.Random, first_clause: dict | None = None) -> list[str]:
     """1-3 clauses joined by `but`/`and`, closed by `.`, drawn again while the sentiment sums to 0
     (no label); `first_clause` fixes slots of the first clause."""
     while True:
@@ -120,17 +115,34 @@ def random_review(rng: random.Random, first_clause: dict | None = None) -> list[
             return words + [END]
 
 
-def token_scores(words: list[str], visible: list[bool] | None = None) -> np.ndarray:
-    """The embedded task's sentiment function: each word's polarity x strength, flipped by a pending `not`.
+def random_review(rng: random.Random, words: tuple[int, int] | None = None, first_clause=None) -> list[str]:
+    """One sentence (`words` None: the default task), or sentences until the review holds between
+    words[0] and words[1] words (a last sentence that overshoots is drawn again)."""
+    review = random_sentence(rng, first_clause)
+    if words is None:
+        return review
+    while True:
+        while len(review) < words[0]:
+            review += random_sentence(rng)
+        if len(review) <= words[1]:
+            return review
+        review = review[: len(review) - review[::-1].index(END, 1)] if END in review[:-1] else []
+        review = review or random_sentence(rng, first_clause)  # the first sentence alone overshot
 
-    `not` negates the next sentiment adjective; adverbs (and hidden words, which in the generated
-    language can only stand where an adverb does) let it pass; any other word cancels it. Hidden
-    words (`visible[i]` False: masked by [UNK]) contribute 0, and a hidden `not` negates nothing.
+
+def token_scores(words: list[str], visible: list[bool] | None = None) -> np.ndarray:
+    """Each word's polarity x strength, flipped by a pending `not`.
+
+    `not` negates the next sentiment adjective of its sentence; adverbs, special tokens and hidden
+    words (`visible[i]` False: masked by [UNK], which in the generated language can only stand where
+    an adverb does) let it pass; any other word cancels it, and so does a sentence's `.`, shown or
+    hidden. Hidden words contribute 0, and a hidden `not` negates nothing.
     """
     visible = visible or [True] * len(words)
     scores, negated = np.zeros(len(words)), False
     for i, (word, seen) in enumerate(zip(words, visible)):
-        if not seen or word in ADVERBS:
+        if not seen or word in TRANSPARENT:
+            negated = negated and word != END
             continue
         if word in POLARITY:
             scores[i] = -POLARITY[word] if negated else POLARITY[word]
@@ -138,46 +150,69 @@ def token_scores(words: list[str], visible: list[bool] | None = None) -> np.ndar
     return scores
 
 
+def n_sentences(words: list[str]) -> int:
+    """Sentences of a review: its `.`s, plus an unfinished last one (a response cut at max_new_tokens)."""
+    tail = words[len(words) - words[::-1].index(END) :] if END in words else words
+    return words.count(END) + any(word not in SPECIAL_TOKENS for word in tail) or 1
+
+
+def review_value(words: list[str], visible: list[bool] | None = None) -> float:
+    """The sentiment the RM regresses: the mean over sentences of each sentence's summed score,
+
+        v = (1 / m) sum_s sum_{t in s} token_scores_t,     m = n_sentences(words),
+
+    the same scale at every length (a long review is not more positive for being long) and with no
+    clip to saturate (a sentence of well-formed clauses sums to at most 9)."""
+    return token_scores(words, visible).sum() / n_sentences(words)
+
+
 def true_token_credit(prompt: str, response_tokens: list[str]) -> np.ndarray:
-    """Lexicon credit of each response token (a word string): its signed score, 0 for neutral words
-    and special tokens. The prompt is read first: a trailing `not` negates the first adjective."""
+    """Lexicon credit of each response token (a word string): its signed score over m, 0 for neutral
+    words and special tokens. The prompt is read first: a trailing `not` negates the first adjective."""
     prompt_words = [w for w in prompt.split() if w not in SPECIAL_TOKENS]
-    return token_scores(prompt_words + list(response_tokens))[len(prompt_words) :]
+    words = prompt_words + list(response_tokens)
+    return token_scores(words)[len(prompt_words) :] / n_sentences(words)
 
 
 def true_shapley_credit(prompt: str, response_tokens: list[str]) -> np.ndarray:
-    """Exact Shapley values of the embedded task's sentiment game over the response tokens.
+    """Exact Shapley values of the sentiment game v(S) = review_value(x + y, visible = x and S) over the
+    response tokens (the prompt x always visible), in closed form at any length.
 
-        v(S) = clip(sum token_scores(x + y, visible = x and S), -REWARD_CLIP, REWARD_CLIP)
         phi_t = sum_{S not containing t} |S|! (n - |S| - 1)! / n! [v(S + t) - v(S)]   (Shapley 1953)
 
-    v is the target `train_reward_model` regresses the RM onto, clip included; the prompt x is
-    always visible. `not great`: v({great}) = 2, v({not}) = v({}) = 0, v(both) = -2, so phi =
-    (-2, 0). sum_t phi_t = v(all) - v(x alone). No closed form (a `not` reaches a later clause's
-    adjective once the words between are hidden; the clip couples all adjectives): exact
-    enumeration over the words that can change v, adjectives and non-adverbs from the first
-    `not` to the last adjective; the rest (adverbs, special tokens) are null players, phi = 0.
+    v is a sum of one small game per response adjective a: g_a(S) = [a in S] pol_a sigma_a(S), where
+    sigma_a = -1 if the nearest shown word before a in its sentence (adverbs and special tokens are
+    skipped) is `not`, else +1. Shapley values add over games, and g_a involves only a and the chain
+    c_1, c_2, ..., c_k of words before it (nearest first) up to its sentence's start or the first prompt
+    word, whose sign tau (-1 for a `not`) ends the chain. In a random order of these k + 1 players:
+
+        phi_a   = pol_a [ sum_l s_l / (l (l + 1)) + tau / (k + 1) ]
+        phi_c_j = pol_a [ sum_{l > j} w_l (s_j - s_l) + (s_j - tau) / (k (k + 1)) ]
+        w_l     = 2 / ((l + 1) l (l - 1))
+
+    with s_l = -1 for a `not` and +1 otherwise (w_l: a and c_l come before c_j, the l - 2 others after).
+    `not great`: phi = (-2, 0). Every other response token is a null player, phi = 0; all over m.
     """
     prompt_words = [w for w in prompt.split() if w not in SPECIAL_TOKENS]
     words, start = prompt_words + list(response_tokens), len(prompt_words)
-    last_adj = max((i for i, w in enumerate(words) if w in POLARITY), default=-1)
-    first_not = words.index(NEGATION) if NEGATION in words else len(words)
-    between = [first_not <= i < last_adj and w not in ADVERBS + SPECIAL_TOKENS for i, w in enumerate(words)]
-    players = [i for i in range(start, len(words)) if words[i] in POLARITY or between[i]]
-    if len(players) > MAX_SHAPLEY_PLAYERS:
-        raise ValueError(f"{len(players)} players in {words}; at most {MAX_SHAPLEY_PLAYERS} are enumerated")
-    n, coalitions = len(players), np.arange(2 ** len(players))  # bit j: players[j] is visible
-    members = (coalitions[:, None] >> np.arange(n)) & 1 == 1  # (2^n, n)
-    visible = np.tile(np.arange(len(words)) < start, (2**n, 1))  # (2^n, L) the prompt always shown
-    visible[:, players] = members  # special tokens, never players, stay hidden (the RM never reads them)
-    values = np.clip([token_scores(words, row.tolist()).sum() for row in visible], -REWARD_CLIP, REWARD_CLIP)
-    weight = np.array([math.factorial(k) * math.factorial(n - k - 1) for k in range(n)]) / math.factorial(n)
-    phi = np.zeros(len(response_tokens))
-    for j, i in enumerate(players):
-        without = coalitions[~members[:, j]]  # coalitions S not containing player j
-        gain = values[without | 1 << j] - values[without]  # v(S + t) - v(S)
-        phi[i - start] = (weight[members[without].sum(1)] * gain).sum()
-    return phi
+    phi = np.zeros(len(words))
+    for a in (i for i in range(start, len(words)) if words[i] in POLARITY):
+        chain, tau = [], 1
+        for j in range(a - 1, -1, -1):
+            if words[j] == END or j < start and words[j] not in TRANSPARENT:
+                tau = -1 if j < start and words[j] == NEGATION else 1
+                break
+            if words[j] not in TRANSPARENT:
+                chain.append(j)
+        k, pol = len(chain), POLARITY[words[a]]
+        s = np.array([-1.0 if words[j] == NEGATION else 1.0 for j in chain])  # (k,) nearest first
+        rank = np.arange(1, k + 1)  # (k,) l
+        phi[a] += pol * ((s / (rank * (rank + 1))).sum() + tau / (k + 1))
+        w = np.where(rank > 1, 2 / ((rank + 1) * rank * np.maximum(rank - 1, 1)), 0.0)  # (k,) w_l
+        after = np.cumsum((w * s)[::-1])[::-1] - w * s  # (k,) sum_{l > j} w_l s_l
+        weight_after = np.cumsum(w[::-1])[::-1] - w  # (k,) sum_{l > j} w_l
+        phi[chain] += pol * (s * weight_after - after + (s - tau) / (k * (k + 1)) if k else 0)
+    return phi[start:] / n_sentences(words)
 
 
 # ---- Tokenizers: word level, whitespace split (so offsets exist), one shared vocabulary ----
@@ -204,10 +239,29 @@ class TaskConfig:
     n_reviews: int = 20000  # synthetic reviews to train the RM and the SFT policy on
     n_train_prompts: int = 2048  # embedded training prompts
     n_val_prompts: int = 256  # embedded held-out prompts (evaluation)
-    rm_steps: int = 1000  # RM optimiser steps (batch 128)
+    rm_steps: int = 1000  # RM optimiser steps (batch 128 reviews, or as many words: TaskConfig.batch)
     rm_mask_prob: float = 0.15  # probability that a word is replaced by [UNK] while training the RM
-    sft_steps: int = 300  # SFT optimiser steps (batch 64)
+    sft_steps: int = 300  # SFT optimiser steps (batch 64 reviews, or as many words)
     val_fraction: float = 0.1  # share of a prompts file held out for evaluation
+    response_tokens: tuple[int, int] | None = None  # None: one-sentence reviews (the default task); (lo, hi):
+    # reviews of several sentences whose responses to a 2-4 word prompt hold lo..hi tokens with EOS
+
+    def review_words(self) -> tuple[int, int] | None:
+        """Words (`.`s included) of a review whose response after any 2-4 word prompt, plus EOS, holds
+        response_tokens[0] .. response_tokens[1] tokens: [lo + 3, hi + 1] (at least 5: one short sentence)."""
+        if self.response_tokens is None:
+            return None
+        low, high = self.response_tokens
+        return max(5, low + 3), max(5, low + 3, high + 1)
+
+    def batch(self, reviews: int) -> int:
+        """Reviews per training step: `reviews` on the default task; on sized reviews as many words per step
+        (reviews x 16 / the longest review), so that a task builds in the same minutes at any length."""
+        return reviews if self.response_tokens is None else max(4, reviews * 16 // self.review_words()[1])
+
+    def positions(self) -> int:
+        """Positions both embedded models hold: 64 (the default task), else the longest review + 8."""
+        return 64 if self.response_tokens is None else max(64, self.review_words()[1] + 8)
 
 
 @dataclass
@@ -225,9 +279,10 @@ class Task:
 # ---- Training the two embedded models -------------------------------------------------
 def train_reward_model(reviews: list[list[str]], tokenizer, config: TaskConfig, rng) -> torch.nn.Module:
     """A tiny BERT classifier whose margin `logit_pos - logit_neg` is regressed (MSE) onto the sentiment
-    of what stays visible of randomly [UNK]-masked reviews (`token_scores`, clipped to +-REWARD_CLIP):
-    a graded reward whose sign is the label (cross-entropy learns the sign far slower at this size)."""
-    size = dict(vocab_size=len(VOCABULARY), max_position_embeddings=64, pad_token_id=0, num_labels=2)
+    of what stays visible of randomly [UNK]-masked reviews (`review_value`): a graded reward whose sign
+    is the label (cross-entropy learns the sign far slower at this size)."""
+    size = dict(vocab_size=len(VOCABULARY), max_position_embeddings=config.positions(), pad_token_id=0,
+                num_labels=2)  # fmt: skip
     layers = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
     labels = dict(id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
     plain = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation="eager")
@@ -237,12 +292,12 @@ def train_reward_model(reviews: list[list[str]], tokenizer, config: TaskConfig, 
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 5e-3, total_steps=config.rm_steps)
     model.train()
     for _ in range(config.rm_steps):
-        batch = rng.sample(reviews, 128)
+        batch = rng.sample(reviews, config.batch(128))
         visible = [[rng.random() >= config.rm_mask_prob for _ in words] for words in batch]
         texts = [" ".join(w if v else "[UNK]" for w, v in zip(*pair)) for pair in zip(batch, visible)]
-        target = torch.tensor([token_scores(w, v).sum() for w, v in zip(batch, visible)]).float()
+        target = torch.tensor([review_value(w, v) for w, v in zip(batch, visible)]).float()
         logits = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits  # (B, 2)
-        loss = F.mse_loss(logits[:, 1] - logits[:, 0], target.clamp(-REWARD_CLIP, REWARD_CLIP))
+        loss = F.mse_loss(logits[:, 1] - logits[:, 0], target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -252,7 +307,7 @@ def train_reward_model(reviews: list[list[str]], tokenizer, config: TaskConfig, 
 
 def train_policy(reviews: list[list[str]], tokenizer, config: TaskConfig, rng) -> torch.nn.Module:
     """A tiny GPT-2 trained by next-token prediction on `[BOS] review . [EOS]`."""
-    size = dict(vocab_size=len(VOCABULARY), n_positions=64, n_embd=128, n_layer=2, n_head=4)
+    size = dict(vocab_size=len(VOCABULARY), n_positions=config.positions(), n_embd=128, n_layer=2, n_head=4)
     ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**size, **ids))
     model.loss_type = "ForCausalLM"  # the loss labels= asks for: transformers finds none in this class's name
@@ -261,7 +316,7 @@ def train_policy(reviews: list[list[str]], tokenizer, config: TaskConfig, rng) -
     encoded = [tokenizer(" ".join(words))["input_ids"] + [tokenizer.eos_token_id] for words in reviews]
     model.train()
     for _ in range(config.sft_steps):
-        rows = [torch.tensor(row) for row in rng.sample(encoded, 64)]
+        rows = [torch.tensor(row) for row in rng.sample(encoded, config.batch(64))]
         ids = torch.nn.utils.rnn.pad_sequence(rows, True, tokenizer.pad_token_id)  # (B, L) right-padded
         mask = (ids != tokenizer.pad_token_id).long()  # (B, L)
         loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
@@ -272,9 +327,10 @@ def train_policy(reviews: list[list[str]], tokenizer, config: TaskConfig, rng) -
     return model.eval()
 
 
-def make_prompts(n: int, rng: random.Random) -> tuple[list[str], dict[str, str]]:
-    """Prompts = the first 2-4 words of fresh reviews, each with a positive demonstration: the
-    prompt's slots of the first clause kept, the rest redrawn until the whole review is positive."""
+def make_prompts(n: int, rng: random.Random, length=None) -> tuple[list[str], dict[str, str]]:
+    """Prompts = the first 2-4 words of fresh reviews, each with a positive demonstration (`length`: its
+    words, as random_review): the prompt's slots of the first clause kept, the rest redrawn until the
+    review is positive."""
     prompts, demonstrations = [], {}
     while len(prompts) < n:
         first = random_clause(rng)
@@ -283,86 +339,12 @@ def make_prompts(n: int, rng: random.Random) -> tuple[list[str], dict[str, str]]
         prompt = " ".join(first[slot] for slot in present)
         if prompt in demonstrations:
             continue
-        words = random_review(rng, fixed)
-        while token_scores(words).sum() <= 0:
-            words = random_review(rng, fixed)
+        words = random_review(rng, length, fixed)
+        while review_value(words) <= 0:
+            words = random_review(rng, length, fixed)
         prompts.append(prompt)
         demonstrations[prompt] = " " + " ".join(words[len(present) :])
     return prompts, demonstrations
-
-
-# ---- Loading: one path for the embedded cache, hub names and local folders ------------
-def hub_answers(timeout: float = 3.0) -> bool:
-    """Whether the model hub may be asked: not switched off (HF_HUB_OFFLINE), and answering in time."""
-    if huggingface_hub.constants.HF_HUB_OFFLINE:  # read from the environment when imported
-        return False
-    with contextlib.suppress(OSError), socket.create_connection((HUB_HOST, 443), timeout):
-        return True
-    return False  # no connection within `timeout`
-
-
-def load_pretrained(loader, name_or_path: str, what: str, **kwargs):
-    """`loader.from_pretrained`, quiet, with one line that says what went wrong. A name that is not a
-    local folder is read from the local hub cache unless the hub answers in seconds (no minute of retries)."""
-    local_only = os.path.isdir(name_or_path) or not hub_answers()
-    try:
-        with quiet_transformers():
-            return loader.from_pretrained(name_or_path, local_files_only=local_only, **kwargs)
-    except (OSError, ValueError) as error:
-        where = "it is not a local folder, and not in the local hub cache (is the network off?): no"
-        where = "the local folder exists but holds no loadable" if os.path.isdir(name_or_path) else where
-        raise ValueError(
-            f"cannot load the {what} {name_or_path!r}: {where} {what} "
-            f"({type(error).__name__}: {str(error).splitlines()[0]})"
-        ) from None
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """transformers without its known-harmless warnings (e.g. unused keys) and its loading and saving bars."""
-    verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-        if bars:
-            transformers.logging.enable_progress_bar()
-
-
-def load_policy(name_or_path: str):
-    tokenizer = load_pretrained(
-        transformers.AutoTokenizer, name_or_path, "policy tokenizer", padding_side="left"
-    )
-    if tokenizer.pad_token is None:  # GPT-2 has none: pad with EOS, masked out anyway
-        tokenizer.pad_token = tokenizer.eos_token
-    return load_pretrained(transformers.AutoModelForCausalLM, name_or_path, "policy").eval(), tokenizer
-
-
-def load_reward_model(name_or_path: str):
-    """Eager attention: the default SDPA kernel returns no attention maps (scoring.sdpa_view scores fast)."""
-    loader = transformers.AutoModelForSequenceClassification
-    model = load_pretrained(loader, name_or_path, "reward model", attn_implementation="eager")
-    tokenizer = load_pretrained(transformers.AutoTokenizer, name_or_path, "reward tokenizer")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-        model.config.pad_token_id = tokenizer.pad_token_id
-    return model.eval(), tokenizer
-
-
-def read_prompts(path: str, val_fraction: float) -> tuple[list[str], list[str], dict[str, str]]:
-    """A prompts file: one prompt per line, `prompt<TAB>demonstration` where one is known."""
-    if not os.path.isfile(path):
-        raise ValueError(f"prompts file {path!r} does not exist")
-    with open(path, encoding="utf-8") as file:
-        rows = [line.rstrip("\n").split("\t", 1) for line in file if line.strip()]
-    if len(rows) < 2:
-        raise ValueError(f"prompts file {path!r} has {len(rows)} prompts; expected at least 2, one per line")
-    prompts = [row[0].strip() for row in rows]
-    demonstrations = {row[0].strip(): " " + row[1].strip() for row in rows if len(row) == 2}
-    n_val = max(1, int(len(prompts) * val_fraction))
-    return prompts[:-n_val], prompts[-n_val:], demonstrations
 
 
 def cache_folder(config: TaskConfig) -> str:
@@ -380,7 +362,7 @@ def build_embedded(folder: str, config: TaskConfig) -> None:
     """Generate the language, train both models, and write everything to `folder` atomically."""
     start, rng = time.time(), random.Random(config.seed)
     torch.manual_seed(config.seed)
-    reviews = [random_review(rng) for _ in range(config.n_reviews)]
+    reviews = [random_review(rng, config.review_words()) for _ in range(config.n_reviews)]
     policy_tokenizer, reward_tokenizer = make_tokenizer("[BOS]", "left"), make_tokenizer("[CLS]", "right")
     # Float sums depend on how many threads share them: training on one thread, whatever the
     # caller's setting, builds the same models on every machine and for every --threads.
@@ -391,7 +373,8 @@ def build_embedded(folder: str, config: TaskConfig) -> None:
         policy = train_policy(reviews, policy_tokenizer, config, rng)
     finally:
         torch.set_num_threads(threads)
-    prompts, demonstrations = make_prompts(config.n_train_prompts + config.n_val_prompts, rng)
+    n_prompts = config.n_train_prompts + config.n_val_prompts
+    prompts, demonstrations = make_prompts(n_prompts, rng, config.review_words())
     os.makedirs(config.cache_dir, exist_ok=True)
     partial = tempfile.mkdtemp(dir=config.cache_dir, prefix=".partial-")
     with quiet_transformers():
@@ -409,6 +392,34 @@ def build_embedded(folder: str, config: TaskConfig) -> None:
         os.rename(partial, folder)  # atomic: a crash never leaves a half-written cache behind
     except OSError:  # another process finished first; its result is identical
         shutil.rmtree(partial)
+
+
+def true_credit(the_task: Task, truth: str, prompts: list[str], response_ids, response_mask) -> torch.Tensor:
+    """The truth `truth` ('true_shapley' or 'lexicon') of every response token (B, T), 0 outside the mask."""
+    credit_of = {"true_shapley": true_shapley_credit, "lexicon": true_token_credit}[truth]
+    tokens_of = the_task.policy_tokenizer.convert_ids_to_tokens
+    values = torch.zeros(response_mask.shape)  # (B, T)
+    for i, (prompt, row, n) in enumerate(zip(prompts, response_ids.tolist(), response_mask.sum(1).tolist())):
+        values[i, :n] = torch.tensor(credit_of(prompt, tokens_of(row[:n])))
+    return values
+
+
+def position_error(the_task: Task, max_new_tokens: int) -> str | None:
+    """What the longest prompt and a response of max_new_tokens overrun, in one line: the policy's
+    positions, or the embedded RM's (it reads the policy's tokens: as many); None if both hold them.
+    An RM with a tokenizer of its own checks each text as it scores it."""
+    prompts = the_task.train_prompts + the_task.val_prompts
+    needed = max(len(ids) for ids in the_task.policy_tokenizer(prompts)["input_ids"]) + max_new_tokens
+    policy, rm = the_task.policy.config, the_task.reward_model.config
+    policy_holds = getattr(policy, "n_positions", None) or getattr(policy, "max_position_embeddings", None)
+    limits = [("policy", policy_holds)]
+    limits += [("reward model", rm.max_position_embeddings)] * the_task.embedded
+    for what, holds in limits:
+        if holds and needed > holds:
+            hint = " (the embedded task's --reviews sized builds models as long as asked)" * the_task.embedded
+            return (f"--max-new-tokens {max_new_tokens}: the longest prompt and its response need {needed} "
+                    f"positions; the {what} holds {holds}{hint}")  # fmt: skip
+    return None
 
 
 def build_task(config: TaskConfig) -> Task:

@@ -2,6 +2,7 @@
 
 import copy
 import csv
+import functools
 import json
 import os
 import subprocess
@@ -37,7 +38,8 @@ def test_quick_run_writes_every_artifact(tmp_path, task_cache, capsys):
     arms = set(result["arms"])
     assert set(run.arm_names(run.parse_options(["--quick"]))) == arms  # what --save-policy may name
     # BO trials are named by their line in trials.jsonl, after the 4 baselines told first
-    assert set(run.BASELINES) | {"trial-4", "trial-5", "bo-best-seed1", "sparse-seed1"} == arms
+    default_baselines = set(run.Options.baselines.split(","))  # the oracles run only when asked
+    assert default_baselines | {"trial-4", "trial-5", "bo-best-seed1", "sparse-seed1"} == arms
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     assert [trial["info"]["arm"] for trial in trials] == "sparse abc shap lime trial-4 trial-5".split()
     assert trials[1]["weights"] == {"sparse": 0.2, "attention": 0.8, "shap": 0.0, "lime": 0.0}
@@ -152,6 +154,7 @@ def test_interrupted_run_resumes_without_repeating_finished_work(tmp_path, task_
         (["--batch-size", "1"], "--batch-size 1: expected >= 2"),
         (["--eval-every", "40"], "--eval-every 40 > --iterations"),
         (["--min-new-tokens", "20"], "--min-new-tokens > --max-new-tokens"),
+        (["--components", "shap"], "--components 'shap': expected at least 2 distinct components"),
         (["--kl-coef", "-1"], "--kl-coef -1.0: expected >= 0"),
         (["--target-kl", "0"], "--target-kl 0.0 <= 0"),
         (["--objective", "reward"], "--objective 'reward': expected"),
@@ -192,6 +195,39 @@ def test_an_unloadable_model_name_fails_in_one_line_and_claims_no_folder(tmp_pat
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "cannot load the policy tokenizer 'no-such-org/no-such-model'" in lines[0]
     assert not (out / "config.json").exists()  # the corrected retry may use the folder with any options
+
+
+def test_a_response_longer_than_the_models_hold_fails_in_one_line_and_claims_no_folder(
+    tmp_path, task_cache, capsys
+):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:  # the default task's models hold 64 positions
+        run.main(["--quick", "--min-new-tokens", "90", "--max-new-tokens", "110", "--out", str(out),
+                  "--cache-dir", task_cache])  # fmt: skip
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--max-new-tokens 110" in lines[0] and "the policy holds 64" in lines[0]
+    assert "--reviews sized" in lines[0] and not out.exists()
+
+
+def test_oracle_credit_is_refused_on_a_real_model_pair(capsys):
+    with pytest.raises(SystemExit):
+        run.parse_options(["--baselines", "sparse,true_shapley", "--policy", "gpt2"])
+    assert "credit ['true_shapley'] is the embedded task's truth" in capsys.readouterr().err
+
+
+def test_long_sized_reviews_train_one_tiny_arm_end_to_end(tmp_path, monkeypatch):
+    """--reviews sized builds a task whose models hold 90-110-token responses, and an oracle arm trains."""
+    tiny = dict(n_reviews=300, n_train_prompts=8, n_val_prompts=4, rm_steps=2, sft_steps=2)
+    monkeypatch.setattr(run.task, "TaskConfig", functools.partial(run.task.TaskConfig, **tiny))
+    argv = "--reviews sized --min-new-tokens 90 --max-new-tokens 110 --iterations 1 --batch-size 2"
+    argv += " --eval-every 1 --eval-prompts 2 --trials 0 --confirm-seeds 0 --baselines true_shapley"
+    argv += " --components sparse,true_shapley"
+    result = run.main([*argv.split(), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+    arm = result["arms"]["true_shapley"]
+    assert arm.weights == {"true_shapley": 1.0} and len(arm.curve) == 2
+    response = arm.samples[0]["response"].split()
+    assert 89 <= len(response) <= 110  # EOS blocked before 90 tokens (it decodes to nothing)
 
 
 def test_a_live_run_holds_its_folder_and_a_killed_one_leaves_no_stuck_lock(tmp_path, capsys):

@@ -17,6 +17,8 @@ def random_batch(seed: int, B: int = 6, T: int = 7):
         "attention": torch.rand(B, T, generator=generator) * mask,
         "shap": torch.randn(B, T, generator=generator) * mask,
         "lime": torch.randn(B, T, generator=generator) * mask,
+        "true_shapley": torch.randn(B, T, generator=generator) * mask,
+        "lexicon": torch.randn(B, T, generator=generator) * mask,
     }
     return scores, mask, attributions
 

@@ -1,15 +1,12 @@
 """The embedded task: tokenizer, ground truth, reward model, SFT policy, cache and loaders."""
 
-import contextlib
 import itertools
 import math
 import os
 import random
 
 import numpy as np
-import pytest
 import torch
-import transformers
 
 import reward_attribution as ra
 import scoring
@@ -64,42 +61,61 @@ def test_true_shapley_credit_by_hand():
     assert np.allclose(
         task.true_shapley_credit("the plot", response), task.true_token_credit("the plot", response)
     )
-    # the RM's target is clipped to +-8: v = min(3 |S|, 8) over three symmetric 3s gives 8/3 each
+    # v is the mean over sentences: two sentences, no `not`, so each adjective's value over m = 2
+    response = "great . the cast was dull .".split()
+    assert np.allclose(task.true_shapley_credit("the plot was", response), [1, 0, 0, 0, 0, -0.5, 0])
+    # not clipped: three strength-3 adjectives of one sentence give 9, each its own 3
     response = "superb and the acting was stunning and the score was brilliant .".split()
     credit = task.true_shapley_credit("the plot was", response)
-    assert np.allclose(credit[[0, 5, 10]], 8 / 3) and np.allclose(np.delete(credit, [0, 5, 10]), 0)
+    assert np.allclose(credit[[0, 5, 10]], 3) and np.allclose(np.delete(credit, [0, 5, 10]), 0)
 
 
 def reference_shapley(prompt: str, response: list[str]) -> np.ndarray:
-    """Every response token a player (null ones too), the Shapley sum over all subsets."""
+    """Every response token a player (null ones too), the Shapley sum over all subsets of review_value."""
     n, words = len(response), prompt.split() + response
     shown = [word not in task.SPECIAL_TOKENS for word in response]
 
     def value(subset):
         visible = [True] * (len(words) - n) + [shown[i] and i in subset for i in range(n)]
-        return float(np.clip(task.token_scores(words, visible).sum(), -8, 8))
+        return task.review_value(words, visible)
 
     phi = np.zeros(n)
     for t, k in itertools.product(range(n), range(n)):
         for subset in itertools.combinations([i for i in range(n) if i != t], k):
             weight = math.factorial(k) * math.factorial(n - k - 1) / math.factorial(n)
             phi[t] += weight * (value({*subset, t}) - value(set(subset)))
-    return phi
+    return phi, value(set(range(n))) - value(set())
 
 
 def test_true_shapley_credit_matches_full_enumeration_and_is_efficient():
     rng = random.Random(7)
-    for _ in range(40):
-        words = task.random_review(rng)
-        cut = rng.randint(0, 4)
+    words_of = [
+        lambda: task.random_review(rng),  # one sentence
+        lambda: task.random_review(rng, (12, 30)),  # several: the response crosses sentences
+        lambda: task.random_review(rng, (150, 165)),  # a long review, its last 9 tokens the response
+        lambda: [rng.choice(["not", "not", "great", "dull", ".", "very", "the", "[UNK]"]) for _ in range(12)],
+    ]
+    for case in range(48):
+        words = words_of[case % 4]()
+        cut = rng.randint(0, 4) if case % 4 != 2 else len(words) - 9
         prompt, response = " ".join(words[:cut]), words[cut:][:9] + ["[EOS]"] * rng.randint(0, 1)
         credit = task.true_shapley_credit(prompt, response)
-        assert np.allclose(credit, reference_shapley(prompt, response), atol=1e-9)
-        # efficiency: sum_t phi_t = v(all) - v(prompt alone)
-        full, alone = (np.clip(task.token_scores(w).sum(), -8, 8) for w in (words[: cut + 9], words[:cut]))
-        assert np.isclose(credit.sum(), full - alone)
-    with pytest.raises(ValueError, match="at most 16"):
-        task.true_shapley_credit("", ["not", "great", "the"] * 6)
+        reference, gain = reference_shapley(prompt, response)
+        assert np.allclose(credit, reference, atol=1e-9)
+        assert np.isclose(credit.sum(), gain)  # efficiency: sum_t phi_t = v(all) - v(prompt alone)
+
+
+def test_true_shapley_credit_is_fast_and_efficient_at_any_length():
+    rng = random.Random(3)
+    for _ in range(20):
+        words = task.random_review(rng, (150, 165))
+        credit = task.true_shapley_credit("", words)
+        assert np.isclose(credit.sum(), task.review_value(words))  # v(nothing shown) = 0
+        # each sentence's credit is its own sentence's Shapley values over m
+        m, start = task.n_sentences(words), 0
+        for end in [i + 1 for i, word in enumerate(words) if word == task.END]:
+            assert np.allclose(credit[start:end], task.true_shapley_credit("", words[start:end]) / m)
+            start = end
 
 
 @torch.no_grad()
@@ -139,6 +155,19 @@ def test_generator_is_seeded_and_never_ties():
     assert first == [task.random_review(random.Random(3)) for _ in range(3)]
     rng = random.Random(0)
     assert all(task.token_scores(task.random_review(rng)).sum() != 0 for _ in range(500))
+    for low, high in [(11, 17), (93, 111), (143, 161)]:  # sized reviews: whole sentences, in the range
+        for words in [task.random_review(rng, (low, high)) for _ in range(50)]:
+            assert low <= len(words) <= high and words[-1] == task.END
+            assert task.n_sentences(words) == words.count(task.END) >= 1
+
+
+def test_a_sentence_ends_a_negation_and_the_value_is_a_mean_over_sentences():
+    words = "the plot was not . great .".split()  # not a generated review, but a `.` ends the `not`
+    assert task.token_scores(words).tolist() == [0, 0, 0, 0, 0, 2, 0]
+    assert task.token_scores(words, [True] * 4 + [False, True, True]).tolist() == [0, 0, 0, 0, 0, 2, 0]
+    sentence = "the plot was great .".split()
+    assert task.review_value(sentence * 7) == task.review_value(sentence) == 2  # not 7 x 2
+    assert task.n_sentences("the plot was great . the cast".split()) == 2  # a response cut short
 
 
 def test_vocabulary_size_and_demonstrations(embedded_task):
@@ -238,55 +267,3 @@ def test_save_pretrained_round_trip_through_the_real_loader(tmp_path, embedded_t
         scoring.score(loaded.reward_model, loaded.reward_tokenizer, text, [""]),
         scoring.score(embedded_task.reward_model, embedded_task.reward_tokenizer, text, [""]),
     )
-
-
-def test_unloadable_model_and_bad_prompts_files_are_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="cannot load the policy tokenizer 'no-such-org/no-such-model'"):
-        task.load_policy("no-such-org/no-such-model")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="holds no loadable reward model"):
-        task.load_reward_model(str(tmp_path / "empty"))
-    with pytest.raises(ValueError, match="does not exist"):
-        task.read_prompts(str(tmp_path / "missing.txt"), 0.1)
-    (tmp_path / "blank.txt").write_text("\n  \n")
-    with pytest.raises(ValueError, match="has 0 prompts"):
-        task.read_prompts(str(tmp_path / "blank.txt"), 0.1)
-
-
-def test_the_hub_is_asked_only_when_it_answers_and_loading_is_quiet(monkeypatch):
-    seen = []  # (local_files_only, progress bars on) at each load
-
-    class Loader:
-        @staticmethod
-        def from_pretrained(name, local_files_only):
-            seen.append((local_files_only, transformers.logging.is_progress_bar_enabled()))
-            raise OSError("no such model")
-
-    def unreachable(*args):
-        raise OSError("network is unreachable")
-
-    bars, verbosity = transformers.logging.is_progress_bar_enabled(), transformers.logging.get_verbosity()
-    monkeypatch.setattr(task.huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(task.socket, "create_connection", unreachable)
-    assert not task.hub_answers()
-    with pytest.raises(ValueError, match="cannot load the policy 'org/model': it is not a local folder"):
-        task.load_pretrained(Loader, "org/model", "policy")  # from the local cache only: no retries
-    monkeypatch.setattr(task.socket, "create_connection", lambda *args: contextlib.nullcontext())
-    assert task.hub_answers()
-    with pytest.raises(ValueError):
-        task.load_pretrained(Loader, "org/model", "policy")
-    monkeypatch.setattr(task.huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    assert not task.hub_answers()  # switched off: not even asked
-    assert seen == [(True, False), (False, False)]
-    assert (transformers.logging.is_progress_bar_enabled(), transformers.logging.get_verbosity()) == (
-        bars, verbosity,
-    )  # fmt: skip
-
-
-def test_prompts_file_with_demonstrations(tmp_path):
-    path = tmp_path / "prompts.txt"
-    path.write_text("the plot\twas superb .\nthis film\n" + "".join(f"prompt {i}\n" for i in range(8)))
-    train, val, demonstrations = task.read_prompts(str(path), 0.2)
-    assert train[:2] == ["the plot", "this film"] and val == ["prompt 6", "prompt 7"]
-    assert demonstrations == {"the plot": " was superb ."}
-    assert np.isclose(len(val) / (len(train) + len(val)), 0.2)

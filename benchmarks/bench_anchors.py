@@ -1,0 +1,271 @@
+"""Benchmark: when does dense credit help? The anchors' own comparisons, on the embedded task.
+
+The ABC paper's published figures (IMDb, GPT-2 policy and RM) make three claims that our short default
+runs never tested; Koo et al. make a fourth:
+  1. under ABC's PPO protocol at 8-16 new tokens, ABC (attention credit) lies above sparse RLHF on the
+     reward-KL frontier;
+  2. at 90-110 and 140-160 new tokens, sparse RLHF falls behind ABC and uniform credit ...
+  3. ... with single seeds collapsing;
+  4. dense credit from explanations (SHAP, LIME) beats sparse credit.
+Each cell trains with run.py's own code (run.finished_or_trained) on `--reviews sized`: an embedded
+task per length range, whose SFT policy writes reviews of several sentences that long and whose RM
+scores the mean sentiment of their sentences. The oracle arm `true_shapley` is dense credit that is
+exactly right (the task's exact Shapley values), which separates "does dense credit help?" from "is
+the explainer good enough?".
+
+    (lr)  ABC's learning rate (1.41e-5, tuned for a 124M GPT-2) on our 2-layer policy: the first rate of
+          LEARNING_RATES at which sparse and ABC gain LEARNS reward within ABC's 150 steps is used for
+          every method of (a) and (b)
+    (a)   ABC's protocol at 8-16 tokens, `--seeds` seeds: sparse, uniform, ABC, SHAP, LIME, true_shapley
+    (b)   ABC's length sweep at `--sweep-iterations` steps, `--sweep-seeds` seeds: sparse, uniform, ABC,
+          true_shapley at every range, SHAP and LIME at 8-16 and 90-110
+    (c)   our protocol at 8-16; if it and (a) disagree on ABC against sparse, ABC's settings one at a time
+          on ours (learning rate, KL controller, batch size, iterations)
+
+Compared with sparse at matched KL (bench_frontier.py's rule: per seed, K = the smaller final held-out
+KL of the two; the reward of each trajectory where it first reaches K), with 95% intervals over seeds;
+at long lengths also on final reward, as the anchor's figure reads. A seed *collapses* when its final
+held-out reward is below half its best (with a best above 0). Verdicts: "reproduces" (the interval on
+the anchor's side of 0), "does not reproduce" (on the other side), "within noise".
+
+    python benchmarks/bench_anchors.py --workers 2 [--seeds 5] [--sweep-seeds 3] [--out runs/anchors]
+    python benchmarks/bench_anchors.py --smoke      # every step on the default task, in seconds
+
+Finished arms are kept under --out (a folder per cell group), so an interrupted benchmark resumes.
+Other options go to run.py (e.g. --numerics reproducible, --threads).
+"""
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import replace
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cli  # noqa: E402
+
+cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import parallel  # noqa: E402
+import report  # noqa: E402
+import run  # noqa: E402
+import task  # noqa: E402
+
+ABC_PROTOCOL = dict(learning_rate=1.41e-5, kl_coef=0.2, target_kl=6.0, kl_horizon=10000, batch_size=16,
+                    iterations=150)  # fmt: skip  # TRL 0.7.4 PPO in the ABC repository's scripts
+FLIPS = {  # (c): one of ABC's settings at a time on our protocol
+    "learning rate": ("learning_rate",), "KL controller": ("kl_coef", "target_kl", "kl_horizon"),
+    "batch size": ("batch_size",), "iterations": ("iterations",),
+}  # fmt: skip
+RANGES = ((8, 16), (20, 30), (40, 60), (90, 110), (140, 160))
+EXPLAINED_RANGES = ((8, 16), (90, 110))  # where the sweep also trains SHAP and LIME
+PROTOCOL_METHODS = ("sparse", "uniform", "abc", "shap", "lime", "true_shapley")
+SWEEP_METHODS = ("sparse", "uniform", "abc", "true_shapley")
+LEARNING_RATES = (1.41e-5, 4.46e-5, 1.41e-4, 4.46e-4)  # ABC's, then steps of sqrt(10)
+LEARNS = 1.0  # held-out reward gained by the end (mean over sparse's and ABC's seeds) that counts as learning
+EVALUATIONS = 15  # held-out evaluations per arm, whatever its iterations
+SMOKE = dict(ranges=((4, 16),), reviews="sentence", seeds=2, sweep_seeds=2, sweep_iterations=2,
+             learning_rates=(1.41e-5, 4.46e-4), methods=("sparse", "abc", "true_shapley"))  # fmt: skip
+SMOKE_RUN = dict(iterations=2, batch_size=4, eval_prompts=4, shap_permutations=2, lime_samples=8)
+
+
+def parse() -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=5, help="seeds of (a), (c) and the learning-rate check")
+    parser.add_argument("--sweep-seeds", type=int, default=3, help="seeds per cell of the length sweep (b)")
+    parser.add_argument("--sweep-iterations", type=int, default=100, help="PPO steps of the sweep (b)")
+    parser.add_argument("--out", default="runs/anchors", help="folder of finished arms and figures")
+    parser.add_argument("--smoke", action="store_true", help="every step, tiny, on the default task")
+    args, run_argv = parser.parse_known_args()
+    for name in ("seeds", "sweep_seeds"):
+        if getattr(args, name) < 2:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected >= 2 (an interval)")
+    if args.sweep_iterations < 1:
+        parser.error(f"--sweep-iterations {args.sweep_iterations}: expected >= 1")
+    args.ranges, args.reviews, args.learning_rates = RANGES, "sized", LEARNING_RATES
+    args.methods = PROTOCOL_METHODS
+    if args.smoke:
+        out = os.path.join(args.out, "smoke") if args.out == "runs/anchors" else args.out
+        vars(args).update(SMOKE, out=out)
+    run.parse_options(run_argv)  # a bad option of run.py: its one line, before any work
+    return args, run_argv
+
+
+def train_cells(args, run_argv, group: str, lengths, protocol: dict, methods, seeds: int) -> dict:
+    """{(method, seed): Arm} of one group of cells: one folder, one protocol, one length range."""
+    low, high = lengths
+    argv = ["--out", os.path.join(args.out, group), "--reviews", args.reviews, "--min-new-tokens", str(low),
+            "--max-new-tokens", str(high), *run_argv]  # fmt: skip
+    options = replace(run.parse_options(argv), **(protocol | (SMOKE_RUN if args.smoke else {})))
+    options = replace(options, eval_every=max(1, options.iterations // EVALUATIONS))
+    setup = run.build_setup(options)
+    if too_long := task.position_error(setup.task, options.max_new_tokens):
+        cli.fail(too_long)
+    arms = [run.Arm(f"{m}-seed{s}", "baseline", m, run.BASELINES[m], s, kl_coef=options.kl_coef)
+            for m in methods for s in range(1, seeds + 1)]  # fmt: skip
+    start = time.time()
+    with cli.locked(options.out):
+        run.claim_output_folder(options)
+        with parallel.workers(options, setup, run.build_setup, run.finished_or_trained) as workers:
+            trained = workers.train(arms)
+    print(f"{group}: {len(arms)} arms at {low}-{high} tokens, {options.iterations} steps, "
+          f"{time.time() - start:.0f} s")  # fmt: skip
+    return {(arm.group, arm.seed): arm for arm in trained}
+
+
+def matched_gaps(cells: dict, method: str) -> list[float]:
+    """Per seed: reward of `method` minus sparse's at K = the smaller of their final held-out KLs."""
+    gaps = []
+    for (name, seed), arm in sorted(cells.items()):
+        if name == method:
+            sparse = cells["sparse", seed]
+            kl = min(arm.final_kl, sparse.final_kl)
+            gaps.append(report.reward_at_kl(arm.curve, kl) - report.reward_at_kl(sparse.curve, kl))
+    return gaps
+
+
+def final_gaps(cells: dict, method: str) -> list[float]:
+    """Per seed: final held-out reward of `method` minus sparse's."""
+    return [
+        arm.final - cells["sparse", s].final for (name, s), arm in sorted(cells.items()) if name == method
+    ]
+
+
+def collapsed(arm) -> bool:
+    """Final held-out reward below half the arm's best (a best above 0)."""
+    best = max(point["reward"] for point in arm.curve)
+    return best > 0 and arm.final < best / 2
+
+
+def verdict(gaps: list[float], anchor_sign: int = 1) -> str:
+    """'reproduces' when the 95% interval lies on the anchor's side of 0, 'does not reproduce' the other."""
+    mean, half = report.interval(gaps)
+    if np.isnan(half) or abs(mean) <= half:
+        return "within noise"
+    return "reproduces" if np.sign(mean) == anchor_sign else "does not reproduce"
+
+
+def table(cells: dict, title: str) -> None:
+    print(f"\n{title}: mean ± 95% interval over seeds")
+    print(f"{'method':<13} {'final reward':>15} {'held-out KL':>15} {'at matched KL':>15} {'collapse':>8}")
+    for method in dict.fromkeys(name for name, _ in cells):
+        arms = [arm for (name, _), arm in cells.items() if name == method]
+        gap = "" if method == "sparse" else report.mean_interval(matched_gaps(cells, method))
+        share = f"{sum(map(collapsed, arms))}/{len(arms)}"
+        print(f"{method:<13} {report.mean_interval([a.final for a in arms]):>15} "
+              f"{report.mean_interval([a.final_kl for a in arms]):>15} {gap:>15} {share:>8}")  # fmt: skip
+
+
+def claim(text: str, gaps: list[float], anchor_sign: int = 1) -> None:
+    print(f"  {text}: {report.mean_interval(gaps)} (n = {len(gaps)}) -> {verdict(gaps, anchor_sign)}")
+
+
+def main():
+    args, run_argv = parse()
+    start, short = time.time(), args.ranges[0]
+    cells = lambda *a, **k: train_cells(args, run_argv, *a, **k)  # noqa: E731
+
+    # (lr) The anchor's learning rate, and the nearest one that learns within its steps, for every method.
+    print("(lr) does ABC's learning rate learn on a 2-layer policy in ABC's steps? (sparse and ABC)")
+    chosen = args.learning_rates[-1]
+    for rate in args.learning_rates:
+        group = cells(f"lr{rate:g}", short, {**ABC_PROTOCOL, "learning_rate": rate}, ("sparse", "abc"), 2)
+        gain = np.mean([arm.final - arm.curve[0]["reward"] for arm in group.values()])
+        learns = "learns" if gain >= LEARNS else "does not learn"
+        print(f"  learning rate {rate:g}: held-out reward gained {gain:+.2f} ({learns})")
+        if gain >= LEARNS:
+            chosen = rate
+            break
+    protocol = {**ABC_PROTOCOL, "learning_rate": chosen}
+    print(f"  every method of (a) and (b) trains at learning rate {chosen:g}")
+
+    # (a) ABC's protocol at the shortest range, and (c) ours beside it.
+    theirs = cells("abc-protocol", short, protocol, args.methods, args.seeds)
+    ours = cells("our-protocol", short, {}, args.methods, args.seeds)
+    table(theirs, f"(a) ABC's protocol, {short[0]}-{short[1]} tokens")
+    table(ours, f"(c) our protocol, {short[0]}-{short[1]} tokens")
+    their_verdict, our_verdict = verdict(matched_gaps(theirs, "abc")), verdict(matched_gaps(ours, "abc"))
+    flips = {}
+    if their_verdict != our_verdict:
+        print(f"\n(c) ABC vs sparse: {their_verdict} under ABC's protocol, {our_verdict} under ours; "
+              "ABC's settings one at a time on ours")  # fmt: skip
+        for name, keys in FLIPS.items():
+            flipped = {key: protocol[key] for key in keys}
+            flips[name] = cells(
+                f"flip-{name.replace(' ', '-')}", short, flipped, ("sparse", "abc"), args.seeds
+            )
+            claim(f"ours with ABC's {name}: ABC - sparse at matched KL", matched_gaps(flips[name], "abc"))
+
+    # (b) The length sweep.
+    sweep = {}
+    for lengths in args.ranges:
+        explained = ("shap", "lime") if lengths in EXPLAINED_RANGES or args.smoke else ()
+        methods = [m for m in (*SWEEP_METHODS, *explained) if m in args.methods or m in SWEEP_METHODS]
+        steps = {**protocol, "iterations": args.sweep_iterations}
+        sweep[lengths] = cells(f"sweep-{lengths[0]}-{lengths[1]}", lengths, steps, methods, args.sweep_seeds)
+        title = f"(b) length sweep, {lengths[0]}-{lengths[1]} tokens, {args.sweep_iterations} steps"
+        table(sweep[lengths], title)
+
+    print("\nverdicts (matched KL unless said; 95% intervals over seeds)")
+    claim(f"1. ABC above sparse, ABC's protocol, {short[0]}-{short[1]} tokens", matched_gaps(theirs, "abc"))
+    claim("   the same under our protocol", matched_gaps(ours, "abc"))
+    long = [lengths for lengths in args.ranges if lengths[0] >= 90] or [args.ranges[-1]]
+    for lengths in long:
+        for method in ("abc", "uniform"):
+            claim(f"2. {method} above sparse at {lengths[0]}-{lengths[1]}, final reward",
+                  final_gaps(sweep[lengths], method))  # fmt: skip
+            claim(f"   {method} above sparse at {lengths[0]}-{lengths[1]}",
+                  matched_gaps(sweep[lengths], method))  # fmt: skip
+        share = [collapsed(sweep[lengths]["sparse", s]) - collapsed(sweep[lengths]["abc", s])
+                 for s in range(1, args.sweep_seeds + 1)]  # fmt: skip
+        claim(f"3. sparse collapses more often than ABC at {lengths[0]}-{lengths[1]} (share)", share)
+    growth = [a - b for a, b in zip(matched_gaps(sweep[long[-1]], "abc"), matched_gaps(sweep[short], "abc"))]
+    claim(f"2. ABC's advantage grows from {short[0]}-{short[1]} to {long[-1][0]}-{long[-1][1]}", growth)
+    for method in ("shap", "lime", "true_shapley"):
+        for lengths in [short, *[r for r in long if r in EXPLAINED_RANGES or method == "true_shapley"]]:
+            group = theirs if lengths == short else sweep[lengths]
+            if (method, 1) in group:
+                claim(f"4. {method} above sparse at {lengths[0]}-{lengths[1]}", matched_gaps(group, method))
+    draw(args, theirs, sweep)
+    print(f"\nwall time {time.time() - start:.0f} s")
+
+
+def draw(args, theirs: dict, sweep: dict) -> None:
+    """anchors-frontier.png: every evaluation of (a), reward against KL. anchors-length.png: per range,
+    held-out reward by step (mean over seeds) above, and the frontier below."""
+    figure, axis = plt.subplots(figsize=(7, 5))
+    frontier(axis, theirs)
+    axis.set_title(f"ABC's protocol on the embedded task, {args.ranges[0][0]}-{args.ranges[0][1]} tokens")
+    report.save(figure, axis, os.path.join(args.out, "anchors-frontier.png"))
+    figure, axes = plt.subplots(2, len(sweep), figsize=(3.6 * len(sweep), 6.4), squeeze=False)
+    for column, (lengths, cells) in enumerate(sweep.items()):
+        for i, method in enumerate(dict.fromkeys(name for name, _ in cells)):
+            curves = [arm.curve for (name, _), arm in cells.items() if name == method]
+            steps = [point["iteration"] for point in curves[0]]
+            mean = np.mean([[point["reward"] for point in curve] for curve in curves], axis=0)
+            axes[0, column].plot(steps, mean, color=plt.cm.tab10(i), label=method)
+        axes[0, column].set(title=f"{lengths[0]}-{lengths[1]} new tokens", xlabel="PPO step", ylabel="reward")
+        frontier(axes[1, column], cells)
+    axes[0, 0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(os.path.join(args.out, "anchors-length.png"), dpi=110)
+    plt.close(figure)
+    print(f"figures: {args.out}/anchors-frontier.png, {args.out}/anchors-length.png")
+
+
+def frontier(axis, cells: dict) -> None:
+    for i, method in enumerate(dict.fromkeys(name for name, _ in cells)):
+        arms = [arm for (name, _), arm in cells.items() if name == method]
+        points = [(point["kl"], point["reward"]) for arm in arms for point in arm.curve]
+        axis.scatter(*zip(*points), color=plt.cm.tab10(i), label=method, s=6, alpha=0.6)
+    axis.set(xlabel="held-out KL to the reference", ylabel="held-out reward")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()
