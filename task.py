@@ -36,7 +36,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from loading import load_policy, load_reward_model, quiet_transformers, read_prompts
 
-CACHE_VERSION = 4  # bump when the generator or the training recipe changes
+CACHE_VERSION = 5  # bump when the generator or the training recipe changes
 
 
 # ---- The review language --------------------------------------------------------------
@@ -239,7 +239,8 @@ class TaskConfig:
     n_reviews: int = 20000  # synthetic reviews to train the RM and the SFT policy on
     n_train_prompts: int = 2048  # embedded training prompts
     n_val_prompts: int = 256  # embedded held-out prompts (evaluation)
-    rm_steps: int = 1000  # RM optimiser steps (batch 128 reviews, or as many words: TaskConfig.batch)
+    rm_steps: int = 1000  # RM optimiser steps (batch 128 reviews)
+    sized_rm_steps: int = 3000  # the same on sized reviews (batches of as many words, and as many sentences)
     rm_mask_prob: float = 0.15  # probability that a word is replaced by [UNK] while training the RM
     sft_steps: int = 300  # SFT optimiser steps (batch 64 reviews, or as many words)
     val_fraction: float = 0.1  # share of a prompts file held out for evaluation
@@ -288,11 +289,15 @@ def train_reward_model(reviews: list[list[str]], tokenizer, config: TaskConfig, 
     plain = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation="eager")
     bert = transformers.BertConfig(**size, **layers, **labels, **plain)
     model = transformers.BertForSequenceClassification(bert)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 5e-3, total_steps=config.rm_steps)
+    sized = config.response_tokens is not None
+    steps, lr = (config.sized_rm_steps, 3e-3) if sized else (config.rm_steps, 5e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
     model.train()
-    for _ in range(config.rm_steps):
+    for _ in range(steps):
         batch = rng.sample(reviews, config.batch(128))
+        if sized:  # as many one-sentence reviews: where each word's and each `not`'s signal is strong
+            batch += [random_review(rng) for _ in batch]
         visible = [[rng.random() >= config.rm_mask_prob for _ in words] for words in batch]
         texts = [" ".join(w if v else "[UNK]" for w, v in zip(*pair)) for pair in zip(batch, visible)]
         target = torch.tensor([review_value(w, v) for w, v in zip(batch, visible)]).float()
@@ -300,6 +305,8 @@ def train_reward_model(reviews: list[list[str]], tokenizer, config: TaskConfig, 
         loss = F.mse_loss(logits[:, 1] - logits[:, 0], target)
         optimizer.zero_grad()
         loss.backward()
+        if sized:  # long sequences: without the clip the updates diverge
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
     return model.eval()

@@ -37,6 +37,7 @@ Other options go to run.py (e.g. --numerics reproducible, --threads).
 
 import argparse
 import os
+import random
 import sys
 import time
 from dataclasses import replace
@@ -52,6 +53,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import parallel  # noqa: E402
+import ppo  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
 import task  # noqa: E402
@@ -68,6 +70,7 @@ PROTOCOL_METHODS = ("sparse", "uniform", "abc", "shap", "lime", "true_shapley")
 SWEEP_METHODS = ("sparse", "uniform", "abc", "true_shapley")
 LEARNING_RATES = (1.41e-5, 4.46e-5, 1.41e-4, 4.46e-4)  # ABC's, then steps of sqrt(10)
 LEARNS = 1.0  # held-out reward gained by the end (mean over sparse's and ABC's seeds) that counts as learning
+VERDICTS = ("reproduces", "does not reproduce", "within noise")
 EVALUATIONS = 15  # held-out evaluations per arm, whatever its iterations
 SMOKE = dict(ranges=((4, 16),), reviews="sentence", seeds=2, sweep_seeds=2, sweep_iterations=2,
              learning_rates=(1.41e-5, 4.46e-4), methods=("sparse", "abc", "true_shapley"))  # fmt: skip
@@ -88,7 +91,7 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     if args.sweep_iterations < 1:
         parser.error(f"--sweep-iterations {args.sweep_iterations}: expected >= 1")
     args.ranges, args.reviews, args.learning_rates = RANGES, "sized", LEARNING_RATES
-    args.methods = PROTOCOL_METHODS
+    args.methods, args.checked = PROTOCOL_METHODS, set()
     if args.smoke:
         out = os.path.join(args.out, "smoke") if args.out == "runs/anchors" else args.out
         vars(args).update(SMOKE, out=out)
@@ -96,16 +99,56 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     return args, run_argv
 
 
-def train_cells(args, run_argv, group: str, lengths, protocol: dict, methods, seeds: int) -> dict:
-    """{(method, seed): Arm} of one group of cells: one folder, one protocol, one length range."""
-    low, high = lengths
-    argv = ["--out", os.path.join(args.out, group), "--reviews", args.reviews, "--min-new-tokens", str(low),
-            "--max-new-tokens", str(high), *run_argv]  # fmt: skip
+def group_options(args, run_argv, group: str, lengths, protocol: dict) -> run.Options:
+    """run.py's options of one group of cells: its folder, its length range, its protocol."""
+    low, high = (str(n) for n in lengths)
+    argv = ["--out", os.path.join(args.out, group), "--reviews", args.reviews, "--min-new-tokens", low,
+            "--max-new-tokens", high, *run_argv]  # fmt: skip
     options = replace(run.parse_options(argv), **(protocol | (SMOKE_RUN if args.smoke else {})))
-    options = replace(options, eval_every=max(1, options.iterations // EVALUATIONS))
+    return replace(options, eval_every=max(1, options.iterations // EVALUATIONS))
+
+
+def built_setup(options: run.Options) -> run.Setup:
     setup = run.build_setup(options)
     if too_long := task.position_error(setup.task, options.max_new_tokens):
         cli.fail(too_long)
+    return setup
+
+
+@torch.no_grad()
+def check_task(setup: run.Setup, options: run.Options, n_reviews: int = 500, n_responses: int = 32) -> None:
+    """One line on a range's task: its RM against the true game on held-out reviews of that length, its
+    SFT responses at --min/--max-new-tokens that end with EOS, and run.py's SHAP credit of them against
+    the true Shapley values (RM and explainer together, as bench_credit.py measures fidelity)."""
+    lengths = (options.min_new_tokens, options.max_new_tokens)
+    config = task.TaskConfig(response_tokens=lengths if options.reviews == "sized" else None)
+    rng = random.Random(2024)
+    reviews = [task.random_review(rng, config.review_words()) for _ in range(n_reviews)]
+    scores = setup.reward_fn([""] * n_reviews, [" ".join(words) for words in reviews]).numpy()
+    values = np.array([task.review_value(words) for words in reviews])
+    tokenizer, prompts = setup.tokenizer, setup.task.val_prompts[:n_responses]
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    generator = torch.Generator().manual_seed(options.seed)
+    ids, mask = ppo.sample(setup.task.policy, enc["input_ids"], enc["attention_mask"], setup.ppo_config,
+                           tokenizer.pad_token_id, tokenizer.eos_token_id, generator=generator)  # fmt: skip
+    ends = ids.gather(1, mask.sum(1, keepdim=True) - 1) == tokenizer.eos_token_id  # (B, 1)
+    components, _ = run.reward_components(setup, enc["input_ids"], ids, mask, ["shap", "true_shapley"])
+    credit = report.fidelity(components["shap"], components["true_shapley"], mask)
+    print(
+        f"task {lengths[0]}-{lengths[1]}: RM vs the true game r = {np.corrcoef(scores, values)[0, 1]:.2f}, "
+        f"sign {np.mean((scores > 0) == (values > 0)):.0%} (n = {n_reviews}); SFT responses ending with EOS "
+        f"{ends.float().mean():.0%} (n = {n_responses}); SHAP credit vs true Shapley r = {credit:.2f}"
+    )
+
+
+def train_cells(args, run_argv, group: str, lengths, protocol: dict, methods, seeds: int) -> dict:
+    """{(method, seed): Arm} of one group of cells: one folder, one protocol, one length range."""
+    low, high = lengths
+    options = group_options(args, run_argv, group, lengths, protocol)
+    setup = built_setup(options)
+    if lengths not in args.checked:  # each range's task once, when first built
+        args.checked.add(lengths)
+        check_task(setup, options)
     arms = [run.Arm(f"{m}-seed{s}", "baseline", m, run.BASELINES[m], s, kl_coef=options.kl_coef)
             for m in methods for s in range(1, seeds + 1)]  # fmt: skip
     start = time.time()
@@ -146,8 +189,8 @@ def verdict(gaps: list[float], anchor_sign: int = 1) -> str:
     """'reproduces' when the 95% interval lies on the anchor's side of 0, 'does not reproduce' the other."""
     mean, half = report.interval(gaps)
     if np.isnan(half) or abs(mean) <= half:
-        return "within noise"
-    return "reproduces" if np.sign(mean) == anchor_sign else "does not reproduce"
+        return VERDICTS[2]
+    return VERDICTS[0] if np.sign(mean) == anchor_sign else VERDICTS[1]
 
 
 def table(cells: dict, title: str) -> None:

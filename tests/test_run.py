@@ -218,7 +218,7 @@ def test_oracle_credit_is_refused_on_a_real_model_pair(capsys):
 
 def test_long_sized_reviews_train_one_tiny_arm_end_to_end(tmp_path, monkeypatch):
     """--reviews sized builds a task whose models hold 90-110-token responses, and an oracle arm trains."""
-    tiny = dict(n_reviews=300, n_train_prompts=8, n_val_prompts=4, rm_steps=2, sft_steps=2)
+    tiny = dict(n_reviews=300, n_train_prompts=8, n_val_prompts=4, sized_rm_steps=2, sft_steps=2)
     monkeypatch.setattr(run.task, "TaskConfig", functools.partial(run.task.TaskConfig, **tiny))
     argv = "--reviews sized --min-new-tokens 90 --max-new-tokens 110 --iterations 1 --batch-size 2"
     argv += " --eval-every 1 --eval-prompts 2 --trials 0 --confirm-seeds 0 --baselines true_shapley"

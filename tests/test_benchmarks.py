@@ -1,0 +1,43 @@
+"""The benchmarks' smoke modes: every step of a benchmark, tiny, on the default task."""
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+
+def load(name: str):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, "benchmarks", name + ".py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_anchors_smoke_prints_every_table_verdict_and_figure(tmp_path, task_cache, monkeypatch, capsys):
+    bench = load("bench_anchors")
+    argv = ["bench_anchors.py", "--smoke", "--out", str(tmp_path), "--cache-dir", task_cache]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench.main()
+    out = capsys.readouterr().out
+    assert "learning rate 1.41e-05: held-out reward gained" in out
+    for title in ("(a) ABC's protocol", "(c) our protocol", "(b) length sweep, 4-16 tokens"):
+        assert title + ("" if "sweep" in title else ", 4-16 tokens") in out
+    claims = [line for line in out.splitlines() if "->" in line]
+    assert claims and all(line.rsplit("-> ", 1)[1] in bench.VERDICTS for line in claims)
+    assert (tmp_path / "anchors-frontier.png").stat().st_size > 0
+    assert (tmp_path / "anchors-length.png").stat().st_size > 0
+    arms = os.listdir(tmp_path / "abc-protocol" / "arms")
+    methods = ("sparse", "abc", "true_shapley")
+    assert sorted(arms) == sorted(f"{m}-seed{s}.json" for m in methods for s in (1, 2))
+
+
+@pytest.mark.parametrize(
+    "gaps, anchor_sign, expected",
+    [([1.0, 1.2, 0.9], 1, "reproduces"), ([1.0, 1.2, 0.9], -1, "does not reproduce"),
+     ([1.0, -1.0, 0.1], 1, "within noise"), ([-2.0, -2.1, -1.9], 1, "does not reproduce")],
+)  # fmt: skip
+def test_bench_anchors_verdict_reads_the_interval(gaps, anchor_sign, expected):
+    assert load("bench_anchors").verdict(gaps, anchor_sign) == expected
