@@ -12,15 +12,14 @@
    passes, the tokenizer (before) or the id batches (after), and the rest (masks, solves). The
    runs alternate and the fastest of --repeats counts, so the ratios come from one sitting.
    Target: SHAP + LIME after <= 0.75 x the PPO update.
-2. long: 90-110 new tokens, batch 16. The embedded models hold 64 positions, so this part builds
-   UNTRAINED models of the same architecture with 128 positions (random weights, timing only: the
-   responses are random words and the credit means nothing). Target: SHAP after <= 1.5 x the update.
+2. long: 90-110 new tokens, batch 16, on the sized embedded task (`run.py --reviews sized`: trained
+   models that write and score reviews of several sentences). Target: SHAP after <= 1.5 x the update.
+   Then SHAP's end-to-end fidelity there (against the true game's Shapley values) by permutations K.
 3. fidelity: SHAP permutations K and LIME samples S against exact Shapley, on 64 SFT responses of
    8-14 tokens (exact Shapley scores 2^T coalitions; T <= 14). Pearson correlation pooled over real
    tokens, mean over 3 seeds: explainer (vs the RM's exact Shapley values) and end-to-end (vs the
    true game's, `task.true_shapley_credit`, bench_attribution.py's target: SHAP >= 0.95, LIME >= 0.9),
-   with the RM rows per response each costs. At 90-110 tokens exact Shapley cannot be enumerated and
-   the only RM that reads that far is untrained, so fidelity there is not measured.
+   with the RM rows per response each costs.
 """
 
 import argparse
@@ -38,7 +37,6 @@ cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import transformers  # noqa: E402
 
 import ppo  # noqa: E402
 import reward_attribution as ra  # noqa: E402
@@ -180,21 +178,35 @@ def part_short(args):
 
 
 def part_long(args):
-    the_task = task_module.build_task(task_module.TaskConfig(cache_dir=args.cache_dir))
-    torch.manual_seed(0)
-    policy_config = the_task.policy.config.to_dict() | dict(n_positions=128)
-    policy = transformers.GPT2LMHeadModel(transformers.GPT2Config(**policy_config)).eval()
-    rm_config = the_task.reward_model.config.to_dict() | dict(max_position_embeddings=128)
-    reward_model = transformers.BertForSequenceClassification(
-        transformers.BertConfig(**rm_config, attn_implementation="eager")
-    ).eval()
-    print("\n2. long: batch 16, 90-110 new tokens. UNTRAINED models of the embedded architecture with 128")
-    print("   positions (random weights): timing only, the responses are random words")
+    the_task = task_module.build_task(
+        task_module.TaskConfig(cache_dir=args.cache_dir, response_tokens=(90, 110))
+    )
+    print("\n2. long: batch 16, 90-110 new tokens, the sized embedded task (run.py --reviews sized: reviews")
+    print("   of several sentences, trained models; built once, about 6 minutes)")
     config = ppo.PPOConfig(device="cpu", min_new_tokens=90, max_new_tokens=110)
     prompts = the_task.train_prompts[:16]
-    best, configs = profile(policy, the_task.policy_tokenizer, reward_model, the_task.reward_tokenizer,
-                            prompts, config, args.repeats, ("shap",))  # fmt: skip
+    models = (the_task.policy, the_task.policy_tokenizer, the_task.reward_model, the_task.reward_tokenizer)
+    best, configs = profile(*models, prompts, config, args.repeats, ("shap",))
     report(best, configs, ("shap",), 1.5, "SHAP")
+    torch.manual_seed(0)
+    tokenizer = the_task.policy_tokenizer
+    encoded = tokenizer(the_task.val_prompts[:32], padding=True, return_tensors="pt")
+    ids, mask = ppo.sample(the_task.policy, encoded["input_ids"], encoded["attention_mask"], config,
+                           tokenizer.pad_token_id, tokenizer.eos_token_id)  # fmt: skip
+    reward = paths(the_task.reward_model, the_task.reward_tokenizer, Stopwatch())["after"]
+    prompt_texts, pieces = ra.response_texts(tokenizer, encoded["input_ids"], ids, mask)
+    game = task_module.true_credit(the_task, "true_shapley", the_task.val_prompts[:32], ids, mask)  # (B, T)
+    print("   end-to-end fidelity (SHAP on the RM vs the true game's Shapley values; exact Shapley of the RM")
+    print("   cannot be enumerated at this length), 32 SFT responses, mean of 3 seeds:")
+    for k in (2, 4, 8, 16):
+        figures = []
+        for seed in range(3):
+            explainer = ra.AttributionConfig(seed=seed, shap_permutations=k)
+            values, rows = ra.attribute_texts("shap", prompt_texts, pieces, reward, explainer)
+            values = torch.nn.functional.pad(values, (0, mask.shape[1] - values.shape[1]))
+            figures.append((rows / len(prompt_texts), correlation(values, game, mask)))
+        rows, fidelity = np.mean(figures, 0)
+        print(f"   SHAP K = {k:>2}: {rows:6.1f} RM rows per response, end-to-end {fidelity:.3f}")
 
 
 def correlation(a, b, mask) -> float:
@@ -223,10 +235,7 @@ def part_fidelity(args):
         "shap", prompt_texts, pieces, reward, ra.AttributionConfig(shap_backend="exact")
     )
     exact = torch.nn.functional.pad(exact, (0, mask.shape[1] - exact.shape[1]))
-    game = torch.zeros(mask.shape)
-    for i, (prompt, row, n) in enumerate(zip(prompts, response_ids.tolist(), lengths.tolist())):
-        words = the_task.policy_tokenizer.convert_ids_to_tokens(row[:n])
-        game[i, :n] = torch.tensor(task_module.true_shapley_credit(prompt, words))
+    game = task_module.true_credit(the_task, "true_shapley", prompts, response_ids, mask)  # (B, T)
     spread = f"{lengths.float().mean():.1f} tokens on average ({int(lengths.min())}-{int(lengths.max())})"
     rm = correlation(exact, game, mask)
     print(

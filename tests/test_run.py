@@ -99,6 +99,28 @@ def test_held_out_kl_is_zero_for_the_reference_and_grows_with_an_update(embedded
     assert after["kl_k3"] > 1e-3  # k3 >= 0 per token, so a moved policy shows a positive estimate
 
 
+def test_oracle_components_are_the_truth_completed_to_sum_to_the_reward(task_cache):
+    setup = run.build_setup(run.parse_options(["--cache-dir", task_cache]))
+    prompts = setup.task.val_prompts[:8]
+    enc = setup.tokenizer(prompts, return_tensors="pt", padding=True)
+    ids, mask = run.ppo.sample(setup.task.policy, enc["input_ids"], enc["attention_mask"], setup.ppo_config,
+                               setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id)  # fmt: skip
+    components, scores = run.reward_components(
+        setup, enc["input_ids"], ids, mask, ["true_shapley", "lexicon"]
+    )
+    for i, n in enumerate(mask.sum(1).tolist()):
+        words = setup.tokenizer.convert_ids_to_tokens(ids[i, :n].tolist())
+        for name, truth in [
+            ("true_shapley", run.task.true_shapley_credit),
+            ("lexicon", run.task.true_token_credit),
+        ]:
+            expected = torch.tensor(truth(prompts[i], words), dtype=torch.float32)
+            expected[-1] += scores[i] - expected.sum()  # the residual R - sum of the truth, on the last token
+            assert torch.allclose(components[name][i, :n], expected, atol=1e-5)
+            assert components[name][i].sum() == pytest.approx(scores[i].item(), abs=1e-4)
+            assert not components[name][i, n:].any()
+
+
 def test_target_kl_reaches_the_trainer_of_every_arm(tmp_path, task_cache, monkeypatch):
     trainer_class, trainers = run.ppo.PPOTrainer, []
 
