@@ -5,9 +5,10 @@ The default is an *embedded* task that builds in about a minute on a CPU with no
     the plot was not great but the acting was superb .
 
 A synthetic review language (~250 words) whose sentiment is known exactly: every sentiment
-adjective has a polarity and a strength (1-3), `not` flips the next adjective (adverbs may
-stand between), and a review is positive when its summed score is > 0. So attributions can be
-scored against a truth: `true_shapley_credit` (exact Shapley values of the game the RM
+adjective has a polarity and a strength (1-3), `not` flips the next adjective of its sentence
+(adverbs may stand between), and a review's value is the mean over its sentences of their summed
+scores (`review_value`); one sentence by default, several sized to a response range with
+`TaskConfig.response_tokens` (run.py --reviews sized). Attributions are scored against a truth: `true_shapley_credit` (exact Shapley values of the game the RM
 regresses, the truth for SHAP and LIME) and `true_token_credit` (the lexicon's signed values).
 
     reward model  a 2-layer BERT classifier trained with ~15% random [UNK] masking (the masked
