@@ -8,8 +8,9 @@ A synthetic review language (~250 words) whose sentiment is known exactly: every
 adjective has a polarity and a strength (1-3), `not` flips the next adjective of its sentence
 (adverbs may stand between), and a review's value is the mean over its sentences of their summed
 scores (`review_value`); one sentence by default, several sized to a response range with
-`TaskConfig.response_tokens` (run.py --reviews sized). Attributions are scored against a truth: `true_shapley_credit` (exact Shapley values of the game the RM
-regresses, the truth for SHAP and LIME) and `true_token_credit` (the lexicon's signed values).
+`TaskConfig.response_tokens` (run.py --reviews sized). Attributions have two truths:
+`true_shapley_credit` (exact Shapley values of the game the RM regresses, the truth for SHAP and
+LIME) and `true_token_credit` (the lexicon's signed values).
 
     reward model  a 2-layer BERT classifier trained with ~15% random [UNK] masking (the masked
                   texts SHAP and LIME feed it stay in distribution); score = logit_pos - logit_neg
@@ -413,9 +414,8 @@ def true_credit(the_task: Task, truth: str, prompts: list[str], response_ids, re
 
 
 def position_error(the_task: Task, max_new_tokens: int) -> str | None:
-    """What the longest prompt and a response of max_new_tokens overrun, in one line: the policy's
-    positions, or the embedded RM's (it reads the policy's tokens: as many); None if both hold them.
-    An RM with a tokenizer of its own checks each text as it scores it."""
+    """The policy's or the embedded RM's position limit that the longest prompt plus max_new_tokens
+    overruns, in one line, or None (an RM with a tokenizer of its own checks each text it scores)."""
     prompts = the_task.train_prompts + the_task.val_prompts
     needed = max(len(ids) for ids in the_task.policy_tokenizer(prompts)["input_ids"]) + max_new_tokens
     policy, rm = the_task.policy.config, the_task.reward_model.config
