@@ -161,14 +161,19 @@ def train_cells(args, run_argv, group: str, lengths, protocol: dict, methods, se
     return {(arm.group, arm.seed): arm for arm in trained}
 
 
-def matched_gaps(cells: dict, method: str) -> list[float]:
-    """Per seed: reward of `method` minus sparse's at K = the smaller of their final held-out KLs."""
-    gaps = []
+def matched_gaps(cells: dict, method: str) -> dict[int, float]:
+    """{seed: reward of `method` minus sparse's at K}, K = the smaller of their final held-out KLs.
+
+    A pair where one trajectory never reaches K is left out (K below 0: the k1 estimate of a final
+    KL can be negative on 64 prompts, and the other trajectory, from 0 upwards, never reaches it)."""
+    gaps = {}
     for (name, seed), arm in sorted(cells.items()):
         if name == method:
             sparse = cells["sparse", seed]
             kl = min(arm.final_kl, sparse.final_kl)
-            gaps.append(report.reward_at_kl(arm.curve, kl) - report.reward_at_kl(sparse.curve, kl))
+            ours, theirs = report.reward_at_kl(arm.curve, kl), report.reward_at_kl(sparse.curve, kl)
+            if ours is not None and theirs is not None:
+                gaps[seed] = ours - theirs
     return gaps
 
 
@@ -198,13 +203,19 @@ def table(cells: dict, title: str) -> None:
     print(f"{'method':<13} {'final reward':>15} {'held-out KL':>15} {'at matched KL':>15} {'collapse':>8}")
     for method in dict.fromkeys(name for name, _ in cells):
         arms = [arm for (name, _), arm in cells.items() if name == method]
-        gap = "" if method == "sparse" else report.mean_interval(matched_gaps(cells, method))
+        gaps = list(matched_gaps(cells, method).values()) if method != "sparse" else []
+        gap = report.mean_interval(gaps) + f" n={len(gaps)}" * (len(gaps) < len(arms)) if gaps else ""
         share = f"{sum(map(collapsed, arms))}/{len(arms)}"
         print(f"{method:<13} {report.mean_interval([a.final for a in arms]):>15} "
               f"{report.mean_interval([a.final_kl for a in arms]):>15} {gap:>15} {share:>8}")  # fmt: skip
 
 
-def claim(text: str, gaps: list[float], anchor_sign: int = 1) -> None:
+def claim(text: str, gaps, anchor_sign: int = 1) -> None:
+    """One verdict line; `gaps` a list, or matched_gaps' {seed: gap}."""
+    gaps = list(gaps.values()) if isinstance(gaps, dict) else gaps
+    if not gaps:
+        print(f"  {text}: no seed where both trajectories reach the matched KL -> {VERDICTS[2]}")
+        return
     print(f"  {text}: {report.mean_interval(gaps)} (n = {len(gaps)}) -> {verdict(gaps, anchor_sign)}")
 
 
@@ -232,7 +243,7 @@ def main():
     ours = cells("our-protocol", short, {}, args.methods, args.seeds)
     table(theirs, f"(a) ABC's protocol, {short[0]}-{short[1]} tokens")
     table(ours, f"(c) our protocol, {short[0]}-{short[1]} tokens")
-    their_verdict, our_verdict = verdict(matched_gaps(theirs, "abc")), verdict(matched_gaps(ours, "abc"))
+    their_verdict, our_verdict = (verdict(list(matched_gaps(c, "abc").values())) for c in (theirs, ours))
     flips = {}
     if their_verdict != our_verdict:
         print(f"\n(c) ABC vs sparse: {their_verdict} under ABC's protocol, {our_verdict} under ours; "
@@ -267,7 +278,8 @@ def main():
         share = [collapsed(sweep[lengths]["sparse", s]) - collapsed(sweep[lengths]["abc", s])
                  for s in range(1, args.sweep_seeds + 1)]  # fmt: skip
         claim(f"3. sparse collapses more often than ABC at {lengths[0]}-{lengths[1]} (share)", share)
-    growth = [a - b for a, b in zip(matched_gaps(sweep[long[-1]], "abc"), matched_gaps(sweep[short], "abc"))]
+    at_long, at_short = matched_gaps(sweep[long[-1]], "abc"), matched_gaps(sweep[short], "abc")
+    growth = [at_long[seed] - at_short[seed] for seed in at_long if seed in at_short]
     claim(f"2. ABC's advantage grows from {short[0]}-{short[1]} to {long[-1][0]}-{long[-1][1]}", growth)
     for method in ("shap", "lime", "true_shapley"):
         for lengths in [short, *[r for r in long if r in EXPLAINED_RANGES or method == "true_shapley"]]:

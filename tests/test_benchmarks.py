@@ -41,3 +41,21 @@ def test_bench_anchors_smoke_prints_every_table_verdict_and_figure(tmp_path, tas
 )  # fmt: skip
 def test_bench_anchors_verdict_reads_the_interval(gaps, anchor_sign, expected):
     assert load("bench_anchors").verdict(gaps, anchor_sign) == expected
+
+
+def test_bench_anchors_matches_kl_per_seed_and_leaves_out_a_pair_below_zero():
+    bench = load("bench_anchors")
+
+    def arm(method, seed, points):
+        curve = [dict(iteration=i, reward=r, kl=k) for i, (r, k) in enumerate(points)]
+        return bench.run.Arm(f"{method}-seed{seed}", "baseline", method, {}, seed, 0.05, curve)
+
+    cells = {
+        # final KLs (the mean of the last two evaluations) 4 and 8: K = 4, sparse 2, abc 3 (halfway to 8)
+        ("sparse", 1): arm("sparse", 1, [(0, 0), (2, 4), (2, 4)]),
+        ("abc", 1): arm("abc", 1, [(0, 0), (6, 8), (6, 8)]),
+        # a negative k1 estimate, K = -2: the abc trajectory, from 0 upwards, never reaches it
+        ("sparse", 2): arm("sparse", 2, [(0, 0), (1, -2), (1, -2)]),
+        ("abc", 2): arm("abc", 2, [(0, 0), (5, 6), (5, 6)]),
+    }
+    assert bench.matched_gaps(cells, "abc") == {1: 1.0}
