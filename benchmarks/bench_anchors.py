@@ -32,6 +32,10 @@ the anchor's side of 0), "does not reproduce" (on the other side), "within noise
     python benchmarks/bench_anchors.py --smoke      # every step on the default task, in seconds
 
 Finished arms are kept under --out (a folder per cell group), so an interrupted benchmark resumes.
+`--parts` runs some of (lr), (a), (c), (b) (each prints its own tables, verdicts and figure; without
+(lr), `--learning-rate` gives its choice), `--ranges` some of the sweep's ranges, `--methods` some of
+the methods, e.g. `--parts b --ranges 90-110 --methods sparse,uniform,abc,true_shapley
+--learning-rate 4.46e-5`.
 Other options go to run.py (e.g. --numerics reproducible, --threads).
 """
 
@@ -71,9 +75,11 @@ SWEEP_METHODS = ("sparse", "uniform", "abc", "true_shapley")
 LEARNING_RATES = (1.41e-5, 4.46e-5, 1.41e-4, 4.46e-4)  # ABC's, then steps of sqrt(10)
 LEARNS = 1.0  # held-out reward gained by the end (mean over sparse's and ABC's seeds) that counts as learning
 VERDICTS = ("reproduces", "does not reproduce", "within noise")
+PARTS = ("lr", "a", "c", "b")
 EVALUATIONS = 15  # held-out evaluations per arm, whatever its iterations
-SMOKE = dict(ranges=((4, 16),), reviews="sentence", seeds=2, sweep_seeds=2, sweep_iterations=2,
-             learning_rates=(1.41e-5, 4.46e-4), methods=("sparse", "abc", "true_shapley"))  # fmt: skip
+SMOKE = dict(ranges=((4, 16),), short=(4, 16), reviews="sentence", seeds=2, sweep_seeds=2,
+             sweep_iterations=2, learning_rates=(1.41e-5, 4.46e-4),
+             methods=("sparse", "uniform", "abc", "true_shapley"))  # fmt: skip
 SMOKE_RUN = dict(iterations=2, batch_size=4, eval_prompts=4, shap_permutations=2, lime_samples=8)
 
 
@@ -83,15 +89,33 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--sweep-seeds", type=int, default=3, help="seeds per cell of the length sweep (b)")
     parser.add_argument("--sweep-iterations", type=int, default=100, help="PPO steps of the sweep (b)")
     parser.add_argument("--out", default="runs/anchors", help="folder of finished arms and figures")
+    parser.add_argument("--parts", default="lr,a,c,b", help="which parts to run, comma-separated")
+    parser.add_argument("--ranges", default=",".join(f"{lo}-{hi}" for lo, hi in RANGES),
+                        help="the sweep's new-token ranges, comma-separated, of these five")  # fmt: skip
+    parser.add_argument("--methods", default=",".join(PROTOCOL_METHODS), help="of these, comma-separated")
+    parser.add_argument("--learning-rate", type=float, help="every method's, when the parts leave out (lr)")
     parser.add_argument("--smoke", action="store_true", help="every step, tiny, on the default task")
     args, run_argv = parser.parse_known_args()
+    args.parts = args.parts.split(",")
+    if any(part not in PARTS for part in args.parts) or ("c" in args.parts and "a" not in args.parts):
+        parser.error(f"--parts {','.join(args.parts)}: expected some of {','.join(PARTS)}, c only with a")
+    methods = args.methods.split(",")
+    if any(m not in PROTOCOL_METHODS for m in methods) or not {"sparse", "abc"} <= set(methods):
+        expected = f"expected some of {','.join(PROTOCOL_METHODS)}, sparse and abc among them"
+        parser.error(f"--methods {args.methods}: {expected}")
+    names = {f"{lo}-{hi}": (lo, hi) for lo, hi in RANGES}
+    if unknown := [name for name in args.ranges.split(",") if name not in names]:
+        parser.error(f"--ranges {args.ranges}: {unknown[0]} is not one of {','.join(names)}")
+    if ("lr" in args.parts) == (args.learning_rate is not None):
+        parser.error("--learning-rate: give it exactly when --parts leaves out lr (which would choose it)")
     for name in ("seeds", "sweep_seeds"):
         if getattr(args, name) < 2:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected >= 2 (an interval)")
     if args.sweep_iterations < 1:
         parser.error(f"--sweep-iterations {args.sweep_iterations}: expected >= 1")
-    args.ranges, args.reviews, args.learning_rates = RANGES, "sized", LEARNING_RATES
-    args.methods, args.checked = PROTOCOL_METHODS, set()
+    args.ranges = tuple(names[name] for name in args.ranges.split(","))
+    args.short, args.reviews, args.learning_rates = RANGES[0], "sized", LEARNING_RATES
+    args.methods, args.checked = tuple(m for m in PROTOCOL_METHODS if m in methods), set()
     if args.smoke:
         out = os.path.join(args.out, "smoke") if args.out == "runs/anchors" else args.out
         vars(args).update(SMOKE, out=out)
@@ -221,13 +245,14 @@ def claim(text: str, gaps, anchor_sign: int = 1) -> None:
 
 def main():
     args, run_argv = parse()
-    start, short = time.time(), args.ranges[0]
+    start, short = time.time(), args.short
     cells = lambda *a, **k: train_cells(args, run_argv, *a, **k)  # noqa: E731
 
     # (lr) The anchor's learning rate, and the nearest one that learns within its steps, for every method.
-    print("(lr) does ABC's learning rate learn on a 2-layer policy in ABC's steps? (sparse and ABC)")
-    chosen = args.learning_rates[-1]
-    for rate in args.learning_rates:
+    chosen = args.learning_rate or args.learning_rates[-1]
+    if "lr" in args.parts:
+        print("(lr) does ABC's learning rate learn on a 2-layer policy in ABC's steps? (sparse and ABC)")
+    for rate in args.learning_rates if "lr" in args.parts else ():
         group = cells(f"lr{rate:g}", short, {**ABC_PROTOCOL, "learning_rate": rate}, ("sparse", "abc"), 2)
         gain = np.mean([arm.final - arm.curve[0]["reward"] for arm in group.values()])
         learns = "learns" if gain >= LEARNS else "does not learn"
@@ -239,36 +264,38 @@ def main():
     print(f"  every method of (a) and (b) trains at learning rate {chosen:g}")
 
     # (a) ABC's protocol at the shortest range, and (c) ours beside it.
-    theirs = cells("abc-protocol", short, protocol, args.methods, args.seeds)
-    ours = cells("our-protocol", short, {}, args.methods, args.seeds)
-    table(theirs, f"(a) ABC's protocol, {short[0]}-{short[1]} tokens")
-    table(ours, f"(c) our protocol, {short[0]}-{short[1]} tokens")
-    their_verdict, our_verdict = (verdict(list(matched_gaps(c, "abc").values())) for c in (theirs, ours))
-    flips = {}
-    if their_verdict != our_verdict:
-        print(f"\n(c) ABC vs sparse: {their_verdict} under ABC's protocol, {our_verdict} under ours; "
-              "ABC's settings one at a time on ours")  # fmt: skip
-        for name, keys in FLIPS.items():
-            flipped = {key: protocol[key] for key in keys}
-            flips[name] = cells(
-                f"flip-{name.replace(' ', '-')}", short, flipped, ("sparse", "abc"), args.seeds
-            )
-            claim(f"ours with ABC's {name}: ABC - sparse at matched KL", matched_gaps(flips[name], "abc"))
+    theirs, ours, sweep = {}, {}, {}
+    if "a" in args.parts:
+        theirs = cells("abc-protocol", short, protocol, args.methods, args.seeds)
+        table(theirs, f"(a) ABC's protocol, {short[0]}-{short[1]} tokens")
+    if "c" in args.parts:
+        ours = cells("our-protocol", short, {}, args.methods, args.seeds)
+        table(ours, f"(c) our protocol, {short[0]}-{short[1]} tokens")
+        their_verdict, our_verdict = (verdict(list(matched_gaps(c, "abc").values())) for c in (theirs, ours))
+        if their_verdict != our_verdict:
+            print(f"\n(c) ABC vs sparse: {their_verdict} under ABC's protocol, {our_verdict} under ours; "
+                  "ABC's settings one at a time on ours")  # fmt: skip
+        for name, keys in FLIPS.items() if their_verdict != our_verdict else ():
+            flipped = cells(f"flip-{name.replace(' ', '-')}", short, {key: protocol[key] for key in keys},
+                            ("sparse", "abc"), args.seeds)  # fmt: skip
+            claim(f"ours with ABC's {name}: ABC - sparse at matched KL", matched_gaps(flipped, "abc"))
 
     # (b) The length sweep.
-    sweep = {}
-    for lengths in args.ranges:
+    for lengths in args.ranges if "b" in args.parts else ():
         explained = ("shap", "lime") if lengths in EXPLAINED_RANGES or args.smoke else ()
-        methods = [m for m in (*SWEEP_METHODS, *explained) if m in args.methods or m in SWEEP_METHODS]
+        methods = [m for m in (*SWEEP_METHODS, *explained) if m in args.methods]
         steps = {**protocol, "iterations": args.sweep_iterations}
         sweep[lengths] = cells(f"sweep-{lengths[0]}-{lengths[1]}", lengths, steps, methods, args.sweep_seeds)
         title = f"(b) length sweep, {lengths[0]}-{lengths[1]} tokens, {args.sweep_iterations} steps"
         table(sweep[lengths], title)
 
     print("\nverdicts (matched KL unless said; 95% intervals over seeds)")
-    claim(f"1. ABC above sparse, ABC's protocol, {short[0]}-{short[1]} tokens", matched_gaps(theirs, "abc"))
-    claim("   the same under our protocol", matched_gaps(ours, "abc"))
-    long = [lengths for lengths in args.ranges if lengths[0] >= 90] or [args.ranges[-1]]
+    if theirs:
+        at = f"{short[0]}-{short[1]} tokens"
+        claim(f"1. ABC above sparse, ABC's protocol, {at}", matched_gaps(theirs, "abc"))
+    if ours:
+        claim("   the same under our protocol", matched_gaps(ours, "abc"))
+    long = [lengths for lengths in sweep if lengths[0] >= 90] or list(sweep)[-1:]
     for lengths in long:
         for method in ("abc", "uniform"):
             claim(f"2. {method} above sparse at {lengths[0]}-{lengths[1]}, final reward",
@@ -278,12 +305,13 @@ def main():
         share = [collapsed(sweep[lengths]["sparse", s]) - collapsed(sweep[lengths]["abc", s])
                  for s in range(1, args.sweep_seeds + 1)]  # fmt: skip
         claim(f"3. sparse collapses more often than ABC at {lengths[0]}-{lengths[1]} (share)", share)
-    at_long, at_short = matched_gaps(sweep[long[-1]], "abc"), matched_gaps(sweep[short], "abc")
-    growth = [at_long[seed] - at_short[seed] for seed in at_long if seed in at_short]
-    claim(f"2. ABC's advantage grows from {short[0]}-{short[1]} to {long[-1][0]}-{long[-1][1]}", growth)
+    if short in sweep and long and long[-1] != short:
+        at_long, at_short = matched_gaps(sweep[long[-1]], "abc"), matched_gaps(sweep[short], "abc")
+        growth = [at_long[seed] - at_short[seed] for seed in at_long if seed in at_short]
+        claim(f"2. ABC's advantage grows from {short[0]}-{short[1]} to {long[-1][0]}-{long[-1][1]}", growth)
+    groups = ([(short, theirs)] if theirs else []) + [(r, sweep[r]) for r in long if r != short or not theirs]
     for method in ("shap", "lime", "true_shapley"):
-        for lengths in [short, *[r for r in long if r in EXPLAINED_RANGES or method == "true_shapley"]]:
-            group = theirs if lengths == short else sweep[lengths]
+        for lengths, group in groups:
             if (method, 1) in group:
                 claim(f"4. {method} above sparse at {lengths[0]}-{lengths[1]}", matched_gaps(group, method))
     draw(args, theirs, sweep)
@@ -292,11 +320,15 @@ def main():
 
 def draw(args, theirs: dict, sweep: dict) -> None:
     """anchors-frontier.png: every evaluation of (a), reward against KL. anchors-length.png: per range,
-    held-out reward by step (mean over seeds) above, and the frontier below."""
-    figure, axis = plt.subplots(figsize=(7, 5))
-    frontier(axis, theirs)
-    axis.set_title(f"ABC's protocol on the embedded task, {args.ranges[0][0]}-{args.ranges[0][1]} tokens")
-    report.save(figure, axis, os.path.join(args.out, "anchors-frontier.png"))
+    held-out reward by step (mean over seeds) above, and the frontier below. Each when its part ran."""
+    if theirs:
+        figure, axis = plt.subplots(figsize=(7, 5))
+        frontier(axis, theirs)
+        axis.set_title(f"ABC's protocol on the embedded task, {args.short[0]}-{args.short[1]} tokens")
+        report.save(figure, axis, os.path.join(args.out, "anchors-frontier.png"))
+        print(f"figure: {args.out}/anchors-frontier.png")
+    if not sweep:
+        return
     figure, axes = plt.subplots(2, len(sweep), figsize=(3.6 * len(sweep), 6.4), squeeze=False)
     for column, (lengths, cells) in enumerate(sweep.items()):
         for i, method in enumerate(dict.fromkeys(name for name, _ in cells)):
@@ -310,7 +342,7 @@ def draw(args, theirs: dict, sweep: dict) -> None:
     figure.tight_layout()
     figure.savefig(os.path.join(args.out, "anchors-length.png"), dpi=110)
     plt.close(figure)
-    print(f"figures: {args.out}/anchors-frontier.png, {args.out}/anchors-length.png")
+    print(f"figure: {args.out}/anchors-length.png")
 
 
 def frontier(axis, cells: dict) -> None:

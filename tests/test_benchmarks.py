@@ -30,7 +30,7 @@ def test_bench_anchors_smoke_prints_every_table_verdict_and_figure(tmp_path, tas
     assert (tmp_path / "anchors-frontier.png").stat().st_size > 0
     assert (tmp_path / "anchors-length.png").stat().st_size > 0
     arms = os.listdir(tmp_path / "abc-protocol" / "arms")
-    methods = ("sparse", "abc", "true_shapley")
+    methods = ("sparse", "uniform", "abc", "true_shapley")
     assert sorted(arms) == sorted(f"{m}-seed{s}.json" for m in methods for s in (1, 2))
 
 
@@ -59,3 +59,32 @@ def test_bench_anchors_matches_kl_per_seed_and_leaves_out_a_pair_below_zero():
         ("abc", 2): arm("abc", 2, [(0, 0), (5, 6), (5, 6)]),
     }
     assert bench.matched_gaps(cells, "abc") == {1: 1.0}
+
+
+def test_bench_anchors_runs_only_the_parts_asked(tmp_path, task_cache, monkeypatch, capsys):
+    bench = load("bench_anchors")
+    argv = ["bench_anchors.py", "--smoke", "--parts", "b", "--learning-rate", "4.46e-4",
+            "--out", str(tmp_path), "--cache-dir", task_cache]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    bench.main()
+    out = capsys.readouterr().out
+    assert "every method of (a) and (b) trains at learning rate 0.000446" in out
+    assert "(lr)" not in out and "(a) ABC's protocol" not in out and "(b) length sweep, 4-16 tokens" in out
+    assert sorted(os.listdir(tmp_path)) == ["anchors-length.png", "sweep-4-16"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--parts", "c"], "--parts c: expected some of lr,a,c,b, c only with a"),
+     (["--parts", "b,x"], "--parts b,x: expected some of lr,a,c,b"),
+     (["--ranges", "8-16,100-200"], "--ranges 8-16,100-200: 100-200 is not one of 8-16,20-30"),
+     (["--methods", "sparse,shap"], "--methods sparse,shap: expected some of sparse,uniform,abc"),
+     (["--parts", "b"], "--learning-rate: give it exactly when --parts leaves out lr"),
+     (["--learning-rate", "1e-4"], "--learning-rate: give it exactly when --parts leaves out lr")],
+)  # fmt: skip
+def test_bench_anchors_refuses_bad_parts_in_one_line(argv, message, monkeypatch, capsys):
+    bench = load("bench_anchors")
+    monkeypatch.setattr(sys, "argv", ["bench_anchors.py", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        bench.parse()
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
