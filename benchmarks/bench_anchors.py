@@ -15,10 +15,11 @@ the explainer good enough?".
 
     (lr)  ABC's learning rate (1.41e-5, tuned for a 124M GPT-2) on our 2-layer policy: the first rate of
           LEARNING_RATES at which sparse and ABC gain LEARNS reward within ABC's 150 steps is used for
-          every method of (a) and (b)
+          every method of (a)
     (a)   ABC's protocol at 8-16 tokens, `--seeds` seeds: sparse, uniform, ABC, SHAP, LIME, true_shapley
     (b)   ABC's length sweep at `--sweep-iterations` steps, `--sweep-seeds` seeds: sparse, uniform, ABC,
-          true_shapley at every range, SHAP and LIME at 8-16 and 90-110
+          true_shapley at every range, SHAP and LIME at 8-16 and 90-110; per range, every method at the
+          first rate from (lr)'s choice up at which sparse and ABC learn in those steps (the same check)
     (c)   our protocol at 8-16; if it and (a) disagree on ABC against sparse, ABC's settings one at a time
           on ours (learning rate, KL controller, batch size, iterations)
 
@@ -185,6 +186,22 @@ def train_cells(args, run_argv, group: str, lengths, protocol: dict, methods, se
     return {(arm.group, arm.seed): arm for arm in trained}
 
 
+def first_learning(cells, prefix: str, lengths, protocol: dict, rates) -> float:
+    """The first of `rates` at which sparse and ABC (2 seeds) gain LEARNS held-out reward by the end of
+    `protocol`'s steps, a line a rate; the last rate if none does. Cells go to folder {prefix}lr{rate}."""
+    for rate in rates:
+        group = cells(
+            f"{prefix}lr{rate:g}", lengths, {**protocol, "learning_rate": rate}, ("sparse", "abc"), 2
+        )
+        gain = np.mean([arm.final - arm.curve[0]["reward"] for arm in group.values()])
+        learns = "learns" if gain >= LEARNS else "does not learn"
+        at = f"{lengths[0]}-{lengths[1]} tokens, learning rate {rate:g}"
+        print(f"  {at}: held-out reward gained {gain:+.2f} ({learns})")
+        if gain >= LEARNS:
+            return rate
+    return rates[-1]
+
+
 def matched_gaps(cells: dict, method: str) -> dict[int, float]:
     """{seed: reward of `method` minus sparse's at K}, K = the smaller of their final held-out KLs.
 
@@ -252,16 +269,11 @@ def main():
     chosen = args.learning_rate or args.learning_rates[-1]
     if "lr" in args.parts:
         print("(lr) does ABC's learning rate learn on a 2-layer policy in ABC's steps? (sparse and ABC)")
-    for rate in args.learning_rates if "lr" in args.parts else ():
-        group = cells(f"lr{rate:g}", short, {**ABC_PROTOCOL, "learning_rate": rate}, ("sparse", "abc"), 2)
-        gain = np.mean([arm.final - arm.curve[0]["reward"] for arm in group.values()])
-        learns = "learns" if gain >= LEARNS else "does not learn"
-        print(f"  learning rate {rate:g}: held-out reward gained {gain:+.2f} ({learns})")
-        if gain >= LEARNS:
-            chosen = rate
-            break
+        chosen = first_learning(cells, "", short, ABC_PROTOCOL, args.learning_rates)
     protocol = {**ABC_PROTOCOL, "learning_rate": chosen}
-    print(f"  every method of (a) and (b) trains at learning rate {chosen:g}")
+    print(
+        f"  every method of (a) trains at learning rate {chosen:g}, of (b) at the first from it that learns"
+    )
 
     # (a) ABC's protocol at the shortest range, and (c) ours beside it.
     theirs, ours, sweep = {}, {}, {}
@@ -285,8 +297,14 @@ def main():
         explained = ("shap", "lime") if lengths in EXPLAINED_RANGES or args.smoke else ()
         methods = [m for m in (*SWEEP_METHODS, *explained) if m in args.methods]
         steps = {**protocol, "iterations": args.sweep_iterations}
-        sweep[lengths] = cells(f"sweep-{lengths[0]}-{lengths[1]}", lengths, steps, methods, args.sweep_seeds)
-        title = f"(b) length sweep, {lengths[0]}-{lengths[1]} tokens, {args.sweep_iterations} steps"
+        prefix = f"sweep-{lengths[0]}-{lengths[1]}-"
+        rates = [rate for rate in args.learning_rates if rate >= chosen] or [chosen]
+        steps["learning_rate"] = first_learning(cells, prefix, lengths, steps, rates)
+        sweep[lengths] = cells(
+            f"{prefix}lr{steps['learning_rate']:g}", lengths, steps, methods, args.sweep_seeds
+        )
+        title = (f"(b) length sweep, {lengths[0]}-{lengths[1]} tokens, {args.sweep_iterations} steps, "
+                 f"learning rate {steps['learning_rate']:g}")  # fmt: skip
         table(sweep[lengths], title)
 
     print("\nverdicts (matched KL unless said; 95% intervals over seeds)")

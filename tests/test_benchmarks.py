@@ -68,9 +68,9 @@ def test_bench_anchors_runs_only_the_parts_asked(tmp_path, task_cache, monkeypat
     monkeypatch.setattr(sys, "argv", argv)
     bench.main()
     out = capsys.readouterr().out
-    assert "every method of (a) and (b) trains at learning rate 0.000446" in out
+    assert "4-16 tokens, learning rate 0.000446: held-out reward gained" in out
     assert "(lr)" not in out and "(a) ABC's protocol" not in out and "(b) length sweep, 4-16 tokens" in out
-    assert sorted(os.listdir(tmp_path)) == ["anchors-length.png", "sweep-4-16"]
+    assert sorted(os.listdir(tmp_path)) == ["anchors-length.png", "sweep-4-16-lr0.000446"]
 
 
 @pytest.mark.parametrize(
