@@ -164,14 +164,19 @@ def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def response_logprobs(
-    model, prompt_ids, prompt_mask, response_ids, response_mask, temperature=1.0, value_head=None
-):
+    model, prompt_ids, prompt_mask, response_ids, response_mask, temperature=1.0, value_head=None,
+    eos_token_id=None, min_new_tokens=0,
+):  # fmt: skip
     """One forward over [prompt; response] -> log pi(y_t | x, y_<t), entropy, V(x, y_<t).
 
     The state before response token t sits at position P - 1 + t, so the T states that
     predict the response are hidden[:, P-1 : P+T-1]; the last response token predicts
-    nothing and is left out of the input. Logits are divided by the sampling
-    temperature, so the log-probs are those of the distribution the tokens were drawn from.
+    nothing and is left out of the input. The log-probs are those of the distribution
+    `sample` draws from: logits divided by the temperature, and EOS blocked at the first
+    min_new_tokens steps (given eos_token_id). Scored under the unblocked softmax instead,
+    the EOS mass the sampler never draws is free to grow: every sampled token's log pi
+    falls below the reference's, the k1 KL estimate goes negative and its penalty
+    -beta k1 rewards the drift (TRL's training FAQ: "negative KL", min_length).
     Returns (logprobs, entropy, values), each (B, T) and zero outside response_mask;
     values is None without a value head.
     """
@@ -182,11 +187,20 @@ def response_logprobs(
     ).last_hidden_state
     hidden = hidden[:, prompt_ids.shape[1] - 1 :]  # (B, T, H)
     logits = model.get_output_embeddings()(hidden).float() / temperature  # (B, T, V)
+    if eos_token_id is not None:  # a finite floor: its probability is exactly 0, its entropy term 0, not nan
+        logits[:, :min_new_tokens, eos_token_id] = torch.finfo(logits.dtype).min
     all_logprobs = F.log_softmax(logits, dim=-1)  # (B, T, V)
     logprobs = all_logprobs.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
     entropy = -(all_logprobs.exp() * all_logprobs).sum(dim=-1)  # (B, T)
     values = None if value_head is None else value_head(hidden).squeeze(-1).float() * response_mask
     return logprobs * response_mask, entropy * response_mask, values
+
+
+def drawn_as(config: "PPOConfig", eos_token_id: int) -> dict:
+    """response_logprobs' keyword arguments that score tokens as `sample` drew them under config."""
+    return dict(
+        temperature=config.temperature, eos_token_id=eos_token_id, min_new_tokens=config.min_new_tokens
+    )
 
 
 @torch.no_grad()
@@ -196,8 +210,8 @@ def sample(model, prompt_ids, prompt_mask, config, pad_token_id, eos_token_id, g
     Each step feeds one token with its own position (last position + 1) and the grown
     attention mask. EOS is forbidden before min_new_tokens; after a row's EOS it gets
     pad_token_id. Returns response_ids (B, T) and response_mask (B, T), T <= max_new_tokens.
-    PPO scores the tokens under the full softmax(logits / temperature), as TRL does: the
-    top-k/top-p cut and the EOS block make the sampler differ from it slightly.
+    PPO scores the tokens under softmax(logits / temperature) with the same EOS block
+    (response_logprobs); a top-k/top-p cut it leaves out, as TRL does.
     """
     batch = prompt_ids.shape[0]
     attention_mask = prompt_mask.long()
@@ -271,6 +285,7 @@ class PPOTrainer:
             raise ValueError(f"bf16=True needs a cuda device, got device={self.device}")
         self.config, self.pad_token_id, self.eos_token_id = config, pad_token_id, eos_token_id
         self.kl_coef = config.kl_coef
+        self.drawn_as = drawn_as(config, eos_token_id)
         # Dropout off: a dropout mask would make pi_old != pi_theta before any update
         # (N implementation details of RLHF, detail "disable dropout").
         self.policy = policy.to(self.device).eval()
@@ -314,9 +329,9 @@ class PPOTrainer:
         tokens = (prompt_ids, prompt_mask, response_ids, response_mask)
         with self.autocast():
             logprobs, _, values = response_logprobs(
-                self.policy, *tokens, self.config.temperature, self.value_head
+                self.policy, *tokens, value_head=self.value_head, **self.drawn_as
             )
-            ref_logprobs, _, _ = response_logprobs(self.ref_policy, *tokens, self.config.temperature)
+            ref_logprobs, _, _ = response_logprobs(self.ref_policy, *tokens, **self.drawn_as)
         forward_seconds = clock(self.device) - generated
         return Rollout(*tokens, logprobs, ref_logprobs, values, generated - start, forward_seconds)
 
@@ -361,7 +376,7 @@ class PPOTrainer:
                 mb_mask = mask[rows]
                 with self.autocast():
                     logprobs, entropy, values = response_logprobs(
-                        self.policy, *(x[rows] for x in tokens), config.temperature, self.value_head
+                        self.policy, *(x[rows] for x in tokens), value_head=self.value_head, **self.drawn_as
                     )
                 # Clipped surrogate: max(-A r, -A clip(r, 1 - eps, 1 + eps)), r = pi / pi_old.
                 log_ratio = (logprobs - rollout.logprobs[rows]) * mb_mask

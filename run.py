@@ -172,8 +172,9 @@ def scored(setup: Setup, policy, ref_policy, config: ppo.PPOConfig, prompts: lis
     _, pieces = reward_attribution.response_texts(setup.tokenizer, tokens[0], *tokens[2:])
     responses = ["".join(p) for p in pieces]
     batch = [t.to(next(policy.parameters()).device) for t in tokens]
-    logprobs, _, _ = ppo.response_logprobs(policy, *batch, config.temperature)  # (B, T)
-    ref_logprobs, _, _ = ppo.response_logprobs(ref_policy, *batch, config.temperature)
+    drawn_as = ppo.drawn_as(config, setup.tokenizer.eos_token_id)
+    logprobs, _, _ = ppo.response_logprobs(policy, *batch, **drawn_as)  # (B, T)
+    ref_logprobs, _, _ = ppo.response_logprobs(ref_policy, *batch, **drawn_as)
     log_ratio = (logprobs - ref_logprobs) * batch[3]  # (B, T), zero outside the response
     k3 = ((-log_ratio).exp() - 1 + log_ratio) * batch[3]  # (B, T)
     return responses, setup.reward_fn(prompts, responses), log_ratio.sum(1), k3.sum(1)

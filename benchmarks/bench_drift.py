@@ -48,8 +48,8 @@ def describe(policy, trainer, setup, prompts: list[str], seed: int) -> dict[str,
         policy, prompt_ids, prompt_mask, config, pad, eos, generator=generator
     )
     batch = (prompt_ids, prompt_mask, response_ids, mask)
-    logprobs, _, _ = run.ppo.response_logprobs(policy, *batch, config.temperature)  # (B, T)
-    ref_logprobs, _, _ = run.ppo.response_logprobs(trainer.ref_policy, *batch, config.temperature)
+    logprobs, _, _ = run.ppo.response_logprobs(policy, *batch, **trainer.drawn_as)  # (B, T)
+    ref_logprobs, _, _ = run.ppo.response_logprobs(trainer.ref_policy, *batch, **trainer.drawn_as)
     log_ratio = (logprobs - ref_logprobs) * mask  # (B, T)
     words = [
         setup.tokenizer.convert_ids_to_tokens(row[: int(n)]) for row, n in zip(response_ids, mask.sum(1))

@@ -136,6 +136,39 @@ def uniform_model(vocab_size=12):
     return model
 
 
+def test_logprobs_block_eos_as_the_sampler_does_so_the_kl_cannot_go_negative():
+    """Before min_new_tokens the sampler never draws EOS: its tokens come from the softmax without it.
+    A policy that differs from its reference only in EOS's logit then has exactly zero KL on those steps
+    (scored under the full softmax, it would show every sampled token less likely than the reference
+    does: a negative k1 whose penalty rewards inflating the undrawn EOS)."""
+    ref = tiny_gpt2()
+    policy = copy.deepcopy(ref)
+    head = torch.nn.Linear(32, 12)  # the reference's head plus a bias on EOS's logit alone
+    with torch.no_grad():
+        head.weight.copy_(ref.lm_head.weight)
+        head.bias.zero_()[EOS] = 3.0
+    policy.lm_head = head
+    responses = [[3, 4, 5, 6, 7], [6, 6, 6, 6, 6], [9, 8, 3, 4, 5]]
+    prompt_ids, prompt_mask = left_pad(PROMPTS)
+    tokens = (prompt_ids, prompt_mask, torch.tensor(responses), torch.ones(3, 5, dtype=torch.long))
+    blocked = dict(temperature=0.7, eos_token_id=EOS, min_new_tokens=3)
+    with torch.no_grad():
+        logprobs, entropy, _ = ppo.response_logprobs(policy, *tokens, **blocked)
+        ref_logprobs, _, _ = ppo.response_logprobs(ref, *tokens, **blocked)
+        full, _, _ = ppo.response_logprobs(policy, *tokens, temperature=0.7)
+        full_ref, _, _ = ppo.response_logprobs(ref, *tokens, temperature=0.7)
+        for i, (prompt, response) in enumerate(zip(PROMPTS, responses)):
+            logits = policy(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1] / 0.7  # (5, V)
+            logits[:3, EOS] = -float("inf")
+            expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
+            torch.testing.assert_close(logprobs[i], expected, atol=1e-5, rtol=0)
+    assert torch.isfinite(entropy).all()
+    torch.testing.assert_close(logprobs[:, :3], ref_logprobs[:, :3], atol=1e-5, rtol=0)  # no KL where blocked
+    assert (logprobs[:, 3:] - ref_logprobs[:, 3:] < -1e-3).all()  # after: the EOS mass counts, as it is drawn
+    assert (full[:, :3] - full_ref[:, :3] < -1e-3).all()  # the full softmax: a negative k1 on blocked steps
+    assert ppo.drawn_as(ppo.PPOConfig(temperature=0.7, min_new_tokens=3), EOS) == blocked
+
+
 def test_generation_mask_ends_at_eos_and_min_new_tokens_blocks_it():
     config = ppo.PPOConfig(min_new_tokens=3, max_new_tokens=10, device="cpu", seed=1)
     trainer = ppo.PPOTrainer(uniform_model(), config, PAD, EOS)
