@@ -94,14 +94,13 @@ def parse(argv=None) -> tuple[argparse.ArgumentParser, Options]:
     if options.quick:  # its own folder by default, so that a full run afterwards does not clash
         options = replace(options, **QUICK, out="runs/quick" if options.out == Options.out else options.out)
     at_least = dict(trials=0, iterations=1, batch_size=2, min_new_tokens=0, max_new_tokens=1, eval_every=1,
-        eval_prompts=1, confirm_seeds=0, shap_permutations=2, lime_samples=2, threads=1, workers=1,
+        eval_prompts=1, confirm_seeds=0, shap_permutations=1, lime_samples=2, threads=1, workers=1,
         bo_batch=1)  # fmt: skip
     for name, low in at_least.items():
         if getattr(options, name) < low:
             parser.error(f"--{name.replace('_', '-')} {getattr(options, name)}: expected >= {low}")
     checks = [
         (options.eval_every <= options.iterations, f"--eval-every {options.eval_every} > --iterations"),
-        (options.shap_permutations % 2 == 0, f"--shap-permutations {options.shap_permutations}: not even"),
         (options.min_new_tokens <= options.max_new_tokens, "--min-new-tokens > --max-new-tokens"),
         (len(set(components := options.components.split(","))) == len(components) >= 2, f"--components "
          f"{options.components!r}: expected at least 2 distinct components (the BO searches their weights)"),

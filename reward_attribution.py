@@ -42,7 +42,7 @@ MAX_EXACT_TOKENS = 14  # exact Shapley enumerates 2^T coalitions per response
 class AttributionConfig:
     mask_string: str | None = "[UNK]"  # replaces a hidden token's text (None or "": delete it instead)
     shap_backend: str = "batched"  # "batched" (permutations, one RM call), "library" (shap), "exact" (2^T)
-    shap_permutations: int = 2  # K per response, even (antithetic pairs); at most K (T-1) + 2 RM rows
+    shap_permutations: int = 2  # K per response: pairs pi, reverse(pi), an odd one alone; <= K (T-1) + 2 rows
     lime_backend: str = "batched"  # "batched" (one RM call, one batched solve), "library" (lime)
     lime_samples: int = 48  # S per response, the unperturbed response included
     lime_kernel_width: float = 25.0  # of LIME's text kernel on 100 x cosine distance (lime's default)
@@ -55,8 +55,11 @@ class AttributionConfig:
             raise ValueError(f"shap_backend={self.shap_backend!r}; expected one of {SHAP_BACKENDS}")
         if self.lime_backend not in LIME_BACKENDS:
             raise ValueError(f"lime_backend={self.lime_backend!r}; expected one of {LIME_BACKENDS}")
-        if self.shap_permutations < 2 or self.shap_permutations % 2:
-            raise ValueError(f"shap_permutations={self.shap_permutations}; expected an even number >= 2")
+        if self.shap_permutations < 1:
+            raise ValueError(f"shap_permutations={self.shap_permutations}; expected >= 1")
+        if self.shap_backend == "library" and self.shap_permutations % 2:
+            pairs = "the shap package samples pairs: expected an even number with shap_backend='library'"
+            raise ValueError(f"shap_permutations={self.shap_permutations}; {pairs}")
         if self.lime_samples < 2 or self.lime_kernel_width <= 0 or self.lime_ridge_alpha < 0:
             raise ValueError(f"{self}: expected lime_samples >= 2, kernel width > 0, ridge alpha >= 0")
         if self.max_rows_per_call < 1:
@@ -237,16 +240,18 @@ def shap_batched(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]
 
         phi_t = 1/K sum_p [f(Pre_p(t) + t) - f(Pre_p(t))]
 
-    Pre_p(t) = tokens before t in permutation p; permutations come in pairs pi, reverse(pi)
-    (antithetic sampling, Mitchell et al. 2022; shap's PermutationExplainer does the same).
-    Each permutation telescopes to f(full) - f(empty), so efficiency holds exactly. Rows per
-    response: empty + full + K (T-1) prefixes in between, at most (a repeat is scored once).
+    Pre_p(t) = tokens before t in permutation p, a uniformly random order (Castro et al. 2009);
+    they come in pairs pi, reverse(pi) (antithetic sampling, Mitchell et al. 2022; shap's
+    PermutationExplainer does the same), an odd K ending with one order alone. Each
+    permutation telescopes to f(full) - f(empty), so efficiency holds exactly at any K. Rows
+    per response: empty + full + K (T-1) prefixes in between, at most (a repeat is scored once).
     """
     lengths, real = real_tokens(pieces)  # (B,), (B, T)
     B, T, K = real.shape[0], real.shape[1], config.shap_permutations
     generator = torch.Generator().manual_seed(config.seed)
-    forward = random_ranks(real, K // 2, generator)  # (B, K/2, T) place of each token in pi
-    backward = torch.where(real[:, None], lengths[:, None, None] - 1 - forward, forward)  # in reverse(pi)
+    forward = random_ranks(real, (K + 1) // 2, generator)  # (B, ceil(K/2), T) place of each token in pi
+    reverse = lengths[:, None, None] - 1 - forward[:, : K // 2]  # (B, K/2, T) its place in reverse(pi)
+    backward = torch.where(real[:, None], reverse, forward[:, : K // 2])  # padding keeps its rank
     rank = torch.cat([forward, backward], 1)  # (B, K, T)
     sizes = torch.arange(1, T)  # (T-1,) prefix sizes k strictly between empty and full
     prefix = rank[:, :, None, :] < sizes[:, None]  # (B, K, T-1, T) the first k tokens of permutation p

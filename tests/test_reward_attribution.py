@@ -151,6 +151,31 @@ def test_one_antithetic_pair_is_exact_for_pairwise_interactions(backend):
     assert exact[0, 1].item() == pytest.approx(-2) and exact[0, 2].item() == pytest.approx(0)
 
 
+def test_a_single_order_gives_each_token_its_marginal_contribution_in_that_order():
+    """K = 1: one random order per response, no reverse. In "was not great ...", f = 2 [great] -
+    4 [not][great] on that pair: "not" first gives (not, great) = (0, -2), "great" first (-4, +2);
+    an additive token gets its value in any order, and every order telescopes to f(full) - f(empty)."""
+    tokenizer = word_tokenizer()
+    ids = encode(tokenizer, PROMPTS, RESPONSES)
+    prompts, pieces = ra.response_texts(tokenizer, *ids)
+    gain = negating_reward(prompts, ["".join(row) for row in pieces]).double()  # f(empty) = 0 here
+    orders = set()
+    for seed in range(8):
+        config = ra.AttributionConfig(shap_permutations=1, seed=seed)
+        phi, rows = ra.attribute("shap", tokenizer, *ids, negating_reward, config)
+        pair = (phi[0, 1].item(), phi[0, 2].item())
+        assert pair in {(0.0, -2.0), (-4.0, 2.0)} and phi[0, 7].item() == 3.0  # superb
+        assert torch.allclose(phi.double().sum(1), gain, atol=1e-6)
+        assert rows <= (ids[2].sum(1) + 1).sum()  # empty + full + T - 1 prefixes per response
+        orders.add(pair)
+    assert len(orders) == 2  # the order is drawn, not fixed
+    for k in (1, 3):  # an odd K is exact on an additive game, like any K
+        phi, _ = ra.attribute(
+            "shap", tokenizer, *ids, additive_reward, ra.AttributionConfig(shap_permutations=k)
+        )
+        assert torch.allclose(phi, additive_truth(RESPONSES, ids[1].shape[1]), atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ra.LIME_BACKENDS)
 def test_unregularised_lime_recovers_an_additive_reward(backend):
     tokenizer = word_tokenizer()
@@ -189,8 +214,10 @@ def test_errors_name_the_problem():
         ra.attribute(
             "shap", tokenizer, *long_ids, additive_reward, ra.AttributionConfig(shap_backend="exact")
         )
-    with pytest.raises(ValueError, match="even"):
-        ra.AttributionConfig(shap_permutations=3)
+    with pytest.raises(ValueError, match="shap_permutations=0; expected >= 1"):
+        ra.AttributionConfig(shap_permutations=0)
+    with pytest.raises(ValueError, match="expected an even number with shap_backend='library'"):
+        ra.AttributionConfig(shap_permutations=3, shap_backend="library")
     with pytest.raises(ValueError, match="shap_backend"):
         ra.AttributionConfig(shap_backend="kernel")
     with pytest.raises(ValueError, match="reward_model"):
