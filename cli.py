@@ -38,7 +38,7 @@ class Options:
     components: str = option("sparse,attention,shap,lime", "credit components whose weights BO searches")
     baselines: str = option("sparse,uniform,abc,shap,lime,rcfd", "baseline arms to run")
     confirm_seeds: int = option(3, "fresh seeds re-running the best weights and sparse")
-    shap_permutations: int = option(2, "SHAP permutations per response, even (the fewest: fidelity >= 0.95)")
+    shap_permutations: int = option(2, "SHAP permutations per response (the fewest with fidelity >= 0.95)")
     lime_samples: int = option(48, "LIME perturbations per response (the fewest with fidelity >= 0.9)")
     weights: str | None = option(None, "JSON file of extra fixed weights, run as the baseline 'custom'")
     policy: str | None = option(None, "policy: hub name or local path (default: the embedded task)")

@@ -174,6 +174,7 @@ def test_interrupted_run_resumes_without_repeating_finished_work(tmp_path, task_
         (["--weights", "WEIGHTS"], "are not on the simplex"),
         (["--iterations", "0"], "--iterations 0: expected >= 1"),
         (["--batch-size", "1"], "--batch-size 1: expected >= 2"),
+        (["--shap-permutations", "0"], "--shap-permutations 0: expected >= 1"),
         (["--eval-every", "40"], "--eval-every 40 > --iterations"),
         (["--min-new-tokens", "20"], "--min-new-tokens > --max-new-tokens"),
         (["--components", "shap"], "--components 'shap': expected at least 2 distinct components"),
