@@ -315,7 +315,7 @@ def main():
         claim("   the same under our protocol", matched_gaps(ours, "abc"))
     long = [lengths for lengths in sweep if lengths[0] >= 90] or list(sweep)[-1:]
     for lengths in long:
-        for method in ("abc", "uniform"):
+        for method in [m for m in ("abc", "uniform") if (m, 1) in sweep[lengths]]:
             claim(f"2. {method} above sparse at {lengths[0]}-{lengths[1]}, final reward",
                   final_gaps(sweep[lengths], method))  # fmt: skip
             claim(f"   {method} above sparse at {lengths[0]}-{lengths[1]}",
