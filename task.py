@@ -38,7 +38,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from loading import load_policy, load_reward_model, quiet_transformers, read_prompts
 
-CACHE_VERSION = 5  # bump when the generator or the training recipe changes
+CACHE_VERSION = 6  # bump when the generator or the training recipe changes
 
 
 # ---- The review language --------------------------------------------------------------
@@ -244,7 +244,8 @@ class TaskConfig:
     rm_steps: int = 1000  # RM optimiser steps (batch 128 reviews)
     sized_rm_steps: int = 3000  # the same on sized reviews (batches of as many words, and as many sentences)
     rm_mask_prob: float = 0.15  # probability that a word is replaced by [UNK] while training the RM
-    sft_steps: int = 300  # SFT optimiser steps (batch 64 reviews, or as many words)
+    sft_steps: int = 300  # SFT optimiser steps of one run (batch 64 reviews, or as many words)
+    sft_runs: int = 3  # at most this many SFT runs, until the policy ends reviews where they end
     val_fraction: float = 0.1  # share of a prompts file held out for evaluation
     response_tokens: tuple[int, int] | None = None  # None: one-sentence reviews (the default task); (lo, hi):
     # reviews of several sentences whose responses to a 2-4 word prompt hold lo..hi tokens with EOS
@@ -315,25 +316,45 @@ def train_reward_model(reviews: list[list[str]], tokenizer, config: TaskConfig, 
 
 
 def train_policy(reviews: list[list[str]], tokenizer, config: TaskConfig, rng) -> torch.nn.Module:
-    """A tiny GPT-2 trained by next-token prediction on `[BOS] review . [EOS]`."""
+    """A tiny GPT-2 trained by next-token prediction on `[BOS] review . [EOS]`: one-cycle runs of
+    `sft_steps` each, until it puts EOS where reviews end (`ends_reviews` >= 0.5 on the first 64), at most
+    `sft_runs`. One run learns that at every length measured but at 140-160 tokens, where the first run
+    can stall with EOS unlearned and a second run from there learns it."""
     size = dict(vocab_size=len(VOCABULARY), n_positions=config.positions(), n_embd=128, n_layer=2, n_head=4)
     ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**size, **ids))
     model.loss_type = "ForCausalLM"  # the loss labels= asks for: transformers finds none in this class's name
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=config.sft_steps)
     encoded = [tokenizer(" ".join(words))["input_ids"] + [tokenizer.eos_token_id] for words in reviews]
-    model.train()
-    for _ in range(config.sft_steps):
-        rows = [torch.tensor(row) for row in rng.sample(encoded, config.batch(64))]
-        ids = torch.nn.utils.rnn.pad_sequence(rows, True, tokenizer.pad_token_id)  # (B, L) right-padded
-        mask = (ids != tokenizer.pad_token_id).long()  # (B, L)
-        loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    for _ in range(config.sft_runs):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=config.sft_steps)
+        model.train()
+        for _ in range(config.sft_steps):
+            ids, mask = padded(rng.sample(encoded, config.batch(64)), tokenizer.pad_token_id)
+            loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        if ends_reviews(model.eval(), encoded[:64], tokenizer) >= 0.5:
+            break
     return model.eval()
+
+
+def padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids (B, L) and their attention mask (B, L)."""
+    ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(row) for row in rows], True, pad_id)  # (B, L)
+    return ids, (ids != pad_id).long()
+
+
+@torch.no_grad()
+def ends_reviews(policy, encoded: list[list[int]], tokenizer) -> float:
+    """Mean p(EOS | the review before it) over `encoded` reviews, each `[BOS] review . [EOS]`, teacher-forced:
+    whether the policy ends a review where reviews end (no sampling, no random state used)."""
+    ids, mask = padded(encoded, tokenizer.pad_token_id)  # (B, L) each
+    logprobs = policy(input_ids=ids, attention_mask=mask).logits.log_softmax(-1)  # (B, L, V)
+    before_eos = mask.sum(1) - 2  # (B,) the position whose next token is EOS
+    return logprobs[torch.arange(len(encoded)), before_eos, tokenizer.eos_token_id].exp().mean().item()
 
 
 def make_prompts(n: int, rng: random.Random, length=None) -> tuple[list[str], dict[str, str]]:

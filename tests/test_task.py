@@ -6,7 +6,9 @@ import os
 import random
 
 import numpy as np
+import pytest
 import torch
+import transformers
 
 import reward_attribution as ra
 import scoring
@@ -267,3 +269,29 @@ def test_save_pretrained_round_trip_through_the_real_loader(tmp_path, embedded_t
         scoring.score(loaded.reward_model, loaded.reward_tokenizer, text, [""]),
         scoring.score(embedded_task.reward_model, embedded_task.reward_tokenizer, text, [""]),
     )
+
+
+def test_ends_reviews_is_p_eos_after_each_review_as_scored_alone():
+    tokenizer = task.make_tokenizer("[BOS]", "left")
+    size = dict(vocab_size=len(task.VOCABULARY), n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    torch.manual_seed(0)
+    policy = transformers.GPT2LMHeadModel(transformers.GPT2Config(**size)).eval()
+    eos = tokenizer.eos_token_id
+    texts = ("a fine film .", "this film was not dull at all .")
+    encoded = [tokenizer(text)["input_ids"] + [eos] for text in texts]  # two lengths: one row is padded
+    by_hand = []
+    for row in encoded:  # each review alone, no padding: p(EOS) after its last word, the `.`
+        logits = policy(input_ids=torch.tensor([row])).logits[0]  # (L, V)
+        by_hand.append(logits[len(row) - 2].softmax(-1)[eos].item())
+    assert task.ends_reviews(policy, encoded, tokenizer) == pytest.approx(np.mean(by_hand), rel=1e-5)
+
+
+@pytest.mark.parametrize("checks, runs, expected", [([0.1, 0.9], 3, 2), ([0.9], 3, 1), ([0.1, 0.1], 2, 2)])
+def test_sft_runs_again_only_while_the_policy_does_not_end_reviews(monkeypatch, checks, runs, expected):
+    rng = random.Random(0)
+    reviews = [task.random_review(rng) for _ in range(80)]
+    seen = []
+    monkeypatch.setattr(task, "ends_reviews", lambda *_: seen.append(1) or checks[len(seen) - 1])
+    config = task.TaskConfig(sft_steps=1, sft_runs=runs)
+    task.train_policy(reviews, task.make_tokenizer("[BOS]", "left"), config, random.Random(0))
+    assert len(seen) == expected  # one check after each run; it stops at the first that passes
