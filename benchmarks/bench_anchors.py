@@ -57,6 +57,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import language  # noqa: E402
 import parallel  # noqa: E402
 import ppo  # noqa: E402
 import report  # noqa: E402
@@ -148,9 +149,9 @@ def check_task(setup: run.Setup, options: run.Options, n_reviews: int = 500, n_r
     lengths = (options.min_new_tokens, options.max_new_tokens)
     config = task.TaskConfig(response_tokens=lengths if options.reviews == "sized" else None)
     rng = random.Random(2024)
-    reviews = [task.random_review(rng, config.review_words()) for _ in range(n_reviews)]
+    reviews = [language.random_review(rng, config.review_words()) for _ in range(n_reviews)]
     scores = setup.reward_fn([""] * n_reviews, [" ".join(words) for words in reviews]).numpy()
-    values = np.array([task.review_value(words) for words in reviews])
+    values = np.array([language.review_value(words) for words in reviews])
     tokenizer, prompts = setup.tokenizer, setup.task.val_prompts[:n_responses]
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
     generator = torch.Generator().manual_seed(options.seed)

@@ -5,10 +5,10 @@
 Fidelity is a Pearson correlation pooled over all real response tokens, in three figures:
 
     explainer fidelity   credit vs the exact Shapley values of the RM (is the estimator exact?)
-    RM fidelity          exact Shapley of the RM vs `task.true_shapley_credit`, the exact Shapley
+    RM fidelity          exact Shapley of the RM vs `language.true_shapley_credit`, the exact Shapley
                          values of the game the RM was trained to regress (has the RM learnt it?)
     end-to-end fidelity  credit vs `true_shapley_credit`, and vs the lexicon credit
-                         `task.true_token_credit` (each adjective's signed value; `not` gets 0)
+                         `language.true_token_credit` (each adjective's signed value; `not` gets 0)
 
 each measured on the attribution itself (phi, beta, and attention in its signed, reward-unit
 form alpha_t R) and on the shaped credit component of `shaping.credit_components`, where the
@@ -33,6 +33,7 @@ cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import language  # noqa: E402
 import reward_attribution as ra  # noqa: E402
 import scoring  # noqa: E402
 import shaping  # noqa: E402
@@ -102,8 +103,8 @@ def main(args: Args) -> None:
     ]
     game, lexicon = torch.zeros(response_mask.shape), torch.zeros(response_mask.shape)
     for i, (prompt, row) in enumerate(zip(prompts, words)):
-        game[i, : len(row)] = torch.tensor(task_module.true_shapley_credit(prompt, row))
-        lexicon[i, : len(row)] = torch.tensor(task_module.true_token_credit(prompt, row))
+        game[i, : len(row)] = torch.tensor(language.true_shapley_credit(prompt, row))
+        lexicon[i, : len(row)] = torch.tensor(language.true_token_credit(prompt, row))
     apart = correlation(game, lexicon, response_mask)
     print(
         f"the true game's Shapley values vs the lexicon credit: {apart:.3f} (two definitions of the credit)"

@@ -19,7 +19,7 @@
 3. fidelity: SHAP permutations K and LIME samples S against exact Shapley, on 64 SFT responses of
    8-14 tokens (exact Shapley scores 2^T coalitions; T <= 14). Pearson correlation pooled over real
    tokens, mean over 3 seeds: explainer (vs the RM's exact Shapley values) and end-to-end (vs the
-   true game's, `task.true_shapley_credit`, bench_attribution.py's target: SHAP >= 0.95, LIME >= 0.9),
+   true game's, `language.true_shapley_credit`, bench_attribution.py's target: SHAP >= 0.95, LIME >= 0.9),
    with the RM rows per response each costs.
 """
 

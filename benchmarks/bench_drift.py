@@ -29,10 +29,10 @@ cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
 
 import torch  # noqa: E402
 
+import language  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
 import shaping  # noqa: E402
-import task  # noqa: E402
 
 DENSE_WEIGHTS = {"shap": 0.69, "lime": 0.31}  # the BO best of a default run (--objective regularised)
 
@@ -56,10 +56,10 @@ def describe(policy, trainer, setup, prompts: list[str], seed: int) -> dict[str,
     ]
     is_adjective = torch.zeros_like(log_ratio, dtype=torch.bool)  # (B, T)
     for i, row in enumerate(words):
-        is_adjective[i, : len(row)] = torch.tensor([w in task.POLARITY for w in row])
-    adjectives = [[w for w in row if w in task.POLARITY] for row in words]
+        is_adjective[i, : len(row)] = torch.tensor([w in language.POLARITY for w in row])
+    adjectives = [[w for w in row if w in language.POLARITY] for row in words]
     all_adjectives = [w for row in adjectives for w in row]
-    texts = [" " + " ".join(w for w in row if w not in task.SPECIAL_TOKENS) for row in words]
+    texts = [" " + " ".join(w for w in row if w not in language.SPECIAL_TOKENS) for row in words]
     total_kl = log_ratio.sum().item()  # 0 for the reference itself
     return {
         "reward": setup.reward_fn(prompts, texts).mean().item(),
@@ -67,9 +67,9 @@ def describe(policy, trainer, setup, prompts: list[str], seed: int) -> dict[str,
         "KL on adjectives": (log_ratio * is_adjective).sum().item() / total_kl if total_kl else float("nan"),
         "length": mask.sum(1).double().mean().item(),
         "adjectives per response": len(all_adjectives) / len(words),
-        "strength-3 adjectives": sum(abs(task.POLARITY[w]) == 3 for w in all_adjectives)
+        "strength-3 adjectives": sum(abs(language.POLARITY[w]) == 3 for w in all_adjectives)
         / len(all_adjectives),
-        "negative adjectives": sum(task.POLARITY[w] < 0 for w in all_adjectives) / len(all_adjectives),
+        "negative adjectives": sum(language.POLARITY[w] < 0 for w in all_adjectives) / len(all_adjectives),
         "repeat an adjective": sum(len(set(row)) < len(row) for row in adjectives) / len(words),
         "end well": sum(row[-2:] == [".", "[EOS]"] for row in words) / len(words),
     }

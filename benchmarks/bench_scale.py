@@ -49,6 +49,7 @@ from transformers import (  # noqa: E402
     PreTrainedTokenizerFast,
 )
 
+import language  # noqa: E402
 import ppo  # noqa: E402
 import reward_attribution  # noqa: E402
 import scoring  # noqa: E402
@@ -63,7 +64,7 @@ SIZES = {  # (layers, width, heads) of the policy and of the RM
 
 def padded_tokenizer(vocab_size: int, first_token: str, padding_side: str) -> PreTrainedTokenizerFast:
     """task.make_tokenizer's word-level tokenizer, its vocabulary padded with `w<i>` to vocab_size."""
-    words = task.VOCABULARY + [f"w{i}" for i in range(vocab_size - len(task.VOCABULARY))]
+    words = language.VOCABULARY + [f"w{i}" for i in range(vocab_size - len(language.VOCABULARY))]
     vocab = {word: i for i, word in enumerate(words)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()

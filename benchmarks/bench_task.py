@@ -21,6 +21,7 @@ cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
 
 import torch  # noqa: E402
 
+import language  # noqa: E402
 import scoring  # noqa: E402
 import task  # noqa: E402
 
@@ -40,8 +41,8 @@ def main():
         cached_seconds = time.perf_counter() - start
 
     rng = random.Random(2024)
-    reviews = [task.random_review(rng) for _ in range(4000)]
-    labels = torch.tensor([task.token_scores(words).sum() > 0 for words in reviews])
+    reviews = [language.random_review(rng) for _ in range(4000)]
+    labels = torch.tensor([language.token_scores(words).sum() > 0 for words in reviews])
     negated = torch.tensor(["not" in words for words in reviews])
     scores = scoring.score(
         built.reward_model,
@@ -67,7 +68,7 @@ def main():
         end = row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else 0
         well_formed += end > 0 and row[end - 1] == full_stop
 
-    print(f"vocabulary                 {len(task.VOCABULARY)} words")
+    print(f"vocabulary                 {len(language.VOCABULARY)} words")
     print(f"build from nothing         {build_seconds:6.1f} s    (target < 60 s)")
     print(f"cached rebuild             {cached_seconds:6.2f} s    (target < 5 s)")
     print(f"RM accuracy, held out      {correct.mean():6.2%}    (n = {len(reviews)}, target >= 98%)")

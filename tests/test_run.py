@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import cli
+import language
 import run
 
 
@@ -111,8 +112,8 @@ def test_oracle_components_are_the_truth_completed_to_sum_to_the_reward(task_cac
     for i, n in enumerate(mask.sum(1).tolist()):
         words = setup.tokenizer.convert_ids_to_tokens(ids[i, :n].tolist())
         for name, truth in [
-            ("true_shapley", run.task.true_shapley_credit),
-            ("lexicon", run.task.true_token_credit),
+            ("true_shapley", language.true_shapley_credit),
+            ("lexicon", language.true_token_credit),
         ]:
             expected = torch.tensor(truth(prompts[i], words), dtype=torch.float32)
             expected[-1] += scores[i] - expected.sum()  # the residual R - sum of the truth, on the last token
@@ -386,10 +387,8 @@ def save_real_model_pair(folder, corpus):
 def test_quick_run_on_a_real_model_pair_with_different_tokenizers(tmp_path):
     import random
 
-    import task
-
     rng = random.Random(0)
-    corpus = [" ".join(task.random_review(rng)) for _ in range(300)]
+    corpus = [" ".join(language.random_review(rng)) for _ in range(300)]
     save_real_model_pair(tmp_path, corpus)
     lines = [
         " ".join(review.split()[:3]) + ("\t" + " ".join(review.split()[3:]) if i % 2 else "")

@@ -1,7 +1,5 @@
 """The embedded task: tokenizer, ground truth, reward model, SFT policy, cache and loaders."""
 
-import itertools
-import math
 import os
 import random
 
@@ -10,6 +8,7 @@ import pytest
 import torch
 import transformers
 
+import language
 import reward_attribution as ra
 import scoring
 import task
@@ -26,98 +25,6 @@ def test_tokenizer_round_trip_and_offsets():
     words = [text[start:end] for start, end in enc["offset_mapping"][1:]]
     assert words == text.split()
     assert tokenizer("the qwerty plot")["input_ids"][2] == tokenizer.unk_token_id
-
-
-def test_true_token_credit_by_hand():
-    credit = task.true_token_credit("the plot", "was not great but the acting was superb .".split())
-    assert credit.tolist() == [0, 0, -2, 0, 0, 0, 0, 3, 0]
-    # a negation in the prompt reaches the response; an adverb lets it pass
-    assert task.true_token_credit("the plot was not", ["very", "dull", "."]).tolist() == [0, 1, 0]
-    # any other word cancels a pending negation
-    assert task.true_token_credit("the film", ["was", "not", "the", "good", "[EOS]"]).tolist() == [
-        0,
-        0,
-        0,
-        1,
-        0,
-    ]
-
-
-def test_masked_words_carry_no_sentiment():
-    words = "the plot was not great .".split()
-    assert task.token_scores(words).sum() == -2
-    assert task.token_scores(words, [True, True, True, False, True, True]).sum() == 2  # hidden `not`
-    assert task.token_scores(words, [True, True, True, True, False, True]).sum() == 0  # hidden adjective
-
-
-def test_true_shapley_credit_by_hand():
-    # `not great`, prompt always shown: v({}) = 0, v({great}) = 2, v({not}) = 0, v({not, great}) = -2
-    # phi_not   = 1/2 [(v({not}) - v({})) + (v({not, great}) - v({great}))] = 1/2 [0 - 4] = -2
-    # phi_great = 1/2 [(v({great}) - v({})) + (v({not, great}) - v({not}))] = 1/2 [2 - 2] = 0
-    assert np.allclose(task.true_shapley_credit("the plot was", ["not", "great", "."]), [-2, 0, 0])
-    # a `not` in the prompt is always shown: v({}) = 0, v({great}) = -2, so `great` takes all of it
-    # (the adverb between passes the negation whether shown or hidden: a null player)
-    assert np.allclose(task.true_shapley_credit("the plot was not", ["very", "great", "."]), [0, -2, 0])
-    # no `not`: the game is additive, so the Shapley values are the lexicon values
-    response = "was good and the acting was superb .".split()
-    assert np.allclose(
-        task.true_shapley_credit("the plot", response), task.true_token_credit("the plot", response)
-    )
-    # v is the mean over sentences: two sentences, no `not`, so each adjective's value over m = 2
-    response = "great . the cast was dull .".split()
-    assert np.allclose(task.true_shapley_credit("the plot was", response), [1, 0, 0, 0, 0, -0.5, 0])
-    # not clipped: three strength-3 adjectives of one sentence give 9, each its own 3
-    response = "superb and the acting was stunning and the score was brilliant .".split()
-    credit = task.true_shapley_credit("the plot was", response)
-    assert np.allclose(credit[[0, 5, 10]], 3) and np.allclose(np.delete(credit, [0, 5, 10]), 0)
-
-
-def reference_shapley(prompt: str, response: list[str]) -> np.ndarray:
-    """Every response token a player (null ones too), the Shapley sum over all subsets of review_value."""
-    n, words = len(response), prompt.split() + response
-    shown = [word not in task.SPECIAL_TOKENS for word in response]
-
-    def value(subset):
-        visible = [True] * (len(words) - n) + [shown[i] and i in subset for i in range(n)]
-        return task.review_value(words, visible)
-
-    phi = np.zeros(n)
-    for t, k in itertools.product(range(n), range(n)):
-        for subset in itertools.combinations([i for i in range(n) if i != t], k):
-            weight = math.factorial(k) * math.factorial(n - k - 1) / math.factorial(n)
-            phi[t] += weight * (value({*subset, t}) - value(set(subset)))
-    return phi, value(set(range(n))) - value(set())
-
-
-def test_true_shapley_credit_matches_full_enumeration_and_is_efficient():
-    rng = random.Random(7)
-    words_of = [
-        lambda: task.random_review(rng),  # one sentence
-        lambda: task.random_review(rng, (12, 30)),  # several: the response crosses sentences
-        lambda: task.random_review(rng, (150, 165)),  # a long review, its last 9 tokens the response
-        lambda: [rng.choice(["not", "not", "great", "dull", ".", "very", "the", "[UNK]"]) for _ in range(12)],
-    ]
-    for case in range(48):
-        words = words_of[case % 4]()
-        cut = rng.randint(0, 4) if case % 4 != 2 else len(words) - 9
-        prompt, response = " ".join(words[:cut]), words[cut:][:9] + ["[EOS]"] * rng.randint(0, 1)
-        credit = task.true_shapley_credit(prompt, response)
-        reference, gain = reference_shapley(prompt, response)
-        assert np.allclose(credit, reference, atol=1e-9)
-        assert np.isclose(credit.sum(), gain)  # efficiency: sum_t phi_t = v(all) - v(prompt alone)
-
-
-def test_true_shapley_credit_is_fast_and_efficient_at_any_length():
-    rng = random.Random(3)
-    for _ in range(20):
-        words = task.random_review(rng, (150, 165))
-        credit = task.true_shapley_credit("", words)
-        assert np.isclose(credit.sum(), task.review_value(words))  # v(nothing shown) = 0
-        # each sentence's credit is its own sentence's Shapley values over m
-        m, start = task.n_sentences(words), 0
-        for end in [i + 1 for i, word in enumerate(words) if word == task.END]:
-            assert np.allclose(credit[start:end], task.true_shapley_credit("", words[start:end]) / m)
-            start = end
 
 
 @torch.no_grad()
@@ -146,50 +53,30 @@ def test_exact_shapley_of_the_rm_tracks_the_true_game(embedded_task):
     truth = torch.zeros(response_mask.shape)
     for i, (prompt, row, n) in enumerate(zip(prompts, response_ids.tolist(), response_mask.sum(1).tolist())):
         truth[i, :n] = torch.tensor(
-            task.true_shapley_credit(prompt, tokenizer.convert_ids_to_tokens(row[:n]))
+            language.true_shapley_credit(prompt, tokenizer.convert_ids_to_tokens(row[:n]))
         )
     real = response_mask.bool()
     assert np.corrcoef(phi[real].numpy(), truth[real].numpy())[0, 1] >= 0.9
 
 
-def test_generator_is_seeded_and_never_ties():
-    first = [task.random_review(random.Random(3)) for _ in range(3)]
-    assert first == [task.random_review(random.Random(3)) for _ in range(3)]
-    rng = random.Random(0)
-    assert all(task.token_scores(task.random_review(rng)).sum() != 0 for _ in range(500))
-    for low, high in [(11, 17), (93, 111), (143, 161)]:  # sized reviews: whole sentences, in the range
-        for words in [task.random_review(rng, (low, high)) for _ in range(50)]:
-            assert low <= len(words) <= high and words[-1] == task.END
-            assert task.n_sentences(words) == words.count(task.END) >= 1
-
-
-def test_a_sentence_ends_a_negation_and_the_value_is_a_mean_over_sentences():
-    words = "the plot was not . great .".split()  # not a generated review, but a `.` ends the `not`
-    assert task.token_scores(words).tolist() == [0, 0, 0, 0, 0, 2, 0]
-    assert task.token_scores(words, [True] * 4 + [False, True, True]).tolist() == [0, 0, 0, 0, 0, 2, 0]
-    sentence = "the plot was great .".split()
-    assert task.review_value(sentence * 7) == task.review_value(sentence) == 2  # not 7 x 2
-    assert task.n_sentences("the plot was great . the cast".split()) == 2  # a response cut short
-
-
 def test_vocabulary_size_and_demonstrations(embedded_task):
-    assert 240 <= len(task.VOCABULARY) <= 260
+    assert 240 <= len(language.VOCABULARY) <= 260
     for prompt in embedded_task.val_prompts[:50]:
         demonstration = embedded_task.demonstrations[prompt]
         assert demonstration.startswith(" ") and demonstration.endswith(" .")
         words = (prompt + demonstration).split()
-        assert task.token_scores(words).sum() > 0, "demonstrations are positive reviews"
+        assert language.token_scores(words).sum() > 0, "demonstrations are positive reviews"
     assert not set(embedded_task.train_prompts) & set(embedded_task.val_prompts)
 
 
 def held_out_reviews(n=2000, seed=12345):
     rng = random.Random(seed)
-    return [task.random_review(rng) for _ in range(n)]
+    return [language.random_review(rng) for _ in range(n)]
 
 
 def test_reward_model_accuracy_including_negation(embedded_task):
     reviews = held_out_reviews()
-    labels = torch.tensor([task.token_scores(words).sum() > 0 for words in reviews])
+    labels = torch.tensor([language.token_scores(words).sum() > 0 for words in reviews])
     negated = torch.tensor(["not" in words for words in reviews])
     scores = scoring.score(
         embedded_task.reward_model,
@@ -273,7 +160,7 @@ def test_save_pretrained_round_trip_through_the_real_loader(tmp_path, embedded_t
 
 def test_ends_reviews_is_p_eos_after_each_review_as_scored_alone():
     tokenizer = task.make_tokenizer("[BOS]", "left")
-    size = dict(vocab_size=len(task.VOCABULARY), n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    size = dict(vocab_size=len(language.VOCABULARY), n_positions=32, n_embd=16, n_layer=1, n_head=2)
     torch.manual_seed(0)
     policy = transformers.GPT2LMHeadModel(transformers.GPT2Config(**size)).eval()
     eos = tokenizer.eos_token_id
@@ -289,7 +176,7 @@ def test_ends_reviews_is_p_eos_after_each_review_as_scored_alone():
 @pytest.mark.parametrize("checks, runs, expected", [([0.1, 0.9], 3, 2), ([0.9], 3, 1), ([0.1, 0.1], 2, 2)])
 def test_sft_runs_again_only_while_the_policy_does_not_end_reviews(monkeypatch, checks, runs, expected):
     rng = random.Random(0)
-    reviews = [task.random_review(rng) for _ in range(80)]
+    reviews = [language.random_review(rng) for _ in range(80)]
     seen = []
     monkeypatch.setattr(task, "ends_reviews", lambda *_: seen.append(1) or checks[len(seen) - 1])
     config = task.TaskConfig(sft_steps=1, sft_runs=runs)
