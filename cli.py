@@ -1,17 +1,20 @@
 """The command line of run.py, its CPU numerics and the lock on its output folder: plumbing, kept apart
 from the algorithm.
 
-Options is the one record of every setting; each field becomes a --flag whose help shows its default once.
-Nothing here imports torch or a stage, so `python run.py --help` answers before run.py's heavy imports,
-and the numerics settings can take effect before torch and numpy load.
+Options is the one record of every setting: the experiment's own (RunOptions) and every field of ppo.py's
+PPOConfig, with the dataclass's default and docstring. Each field becomes a --flag whose help shows its
+default once. Nothing here imports torch or a stage (PPOConfig's fields are read from ppo.py's source), so
+`python run.py --help` answers before run.py's heavy imports, and the numerics settings can take effect
+before torch and numpy load.
 """
 
 import argparse
+import ast
 import contextlib
 import fcntl
 import os
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, make_dataclass, replace
 
 
 def option(default, description: str, bare=None):
@@ -20,18 +23,14 @@ def option(default, description: str, bare=None):
 
 
 @dataclass
-class Options:
+class RunOptions:
+    """The experiment's own settings; the PPO settings come from ppo.PPOConfig (Options has both)."""
+
     seed: int = option(0, "seed of everything: sampling, PPO, BO (the task keeps its own seed)")
     out: str = option("runs/default", "output folder; rerun with the same folder to resume")
     trials: int = option(6, "Bayesian-optimisation trials (each one a full PPO run)")
     iterations: int = option(30, "PPO iterations per run")
-    batch_size: int = option(64, "responses per PPO iteration")
-    min_new_tokens: int = option(4, "shortest response (EOS blocked before)")
-    max_new_tokens: int = option(16, "longest response")
-    learning_rate: float = option(2e-4, "AdamW learning rate of the policy and its value head")
-    kl_coef: float = option(0.05, "per-token KL penalty, and the yardstick of J (RCfD trains at 0)")
-    target_kl: float | None = option(None, "KL budget: every arm adapts kl_coef towards this sequence KL")
-    kl_horizon: int = option(10000, "adaptive KL controller horizon, in responses (Ziegler et al. 2019)")
+    batch_size: int = option(64, "responses per PPO iteration (prompts x --group-size)")
     objective: str = option("regularised", "BO's J: 'regularised' (reward - kl_coef KL) or 'auc' (of reward)")
     eval_every: int = option(2, "PPO iterations between two held-out evaluations")
     eval_prompts: int = option(64, "held-out prompts per evaluation")
@@ -47,7 +46,6 @@ class Options:
     reviews: str = option("sentence", "embedded reviews: 'sentence' (one each) or 'sized' (several, as long "
                           "as --min/--max-new-tokens asks: a task per range)")  # fmt: skip
     cache_dir: str = option(".cache/task", "where the embedded task's models are cached")
-    device: str = option("auto", "auto, cpu or cuda")
     numerics: str = option("native", "CPU kernels: 'native' (this CPU's fastest) or 'reproducible' (the same "
                            "numbers on any x86-64 CPU, about 1.6x the time)")  # fmt: skip
     threads: int = option(1, "CPU threads for torch (tiny models: more threads wait on each other)")
@@ -62,27 +60,52 @@ class Options:
     tensorboard: bool = option(False, "write each arm's training statistics to <out>/tensorboard/<arm>")
 
 
+def ppo_options() -> list[tuple]:
+    """(name, type, field) of each PPOConfig field but its seed (run.py seeds each arm), with the
+    dataclass's default and docstring, read from ppo.py's source: importing it would load torch."""
+    source = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "ppo.py")).read()
+    tree = ast.parse(source)
+    body = next(node.body for node in tree.body if getattr(node, "name", None) == "PPOConfig")
+    options = []
+    for node, docstring in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and node.target.id != "seed":
+            kind = eval(ast.unparse(node.annotation), {})  # int, float, str, bool or float | None
+            default = ast.literal_eval(node.value)
+            options.append((node.target.id, kind, option(default, docstring.value.value)))
+    return options
+
+
+Options = make_dataclass(
+    "Options", [(f.name, f.type, option(f.default, *f.metadata.values())) for f in fields(RunOptions)]
+    + ppo_options(),
+)  # fmt: skip
+PPO_OPTIONS = [name for name, _, _ in ppo_options()]
+
+
 def option_parser() -> argparse.ArgumentParser:
-    """One --flag per field of Options, its default shown once in its help."""
+    """One --flag per field of Options, its default shown once in its help; the PPO ones in a group."""
     parser = argparse.ArgumentParser(description="Explainable dense reward shaping for RLHF, end to end.")
+    ppo_group = parser.add_argument_group("PPO (ppo.PPOConfig)")
     for f in fields(Options):
         flag, description = "--" + f.name.replace("_", "-"), f.metadata["help"]
-        if f.type is bool:
-            parser.add_argument(flag, action="store_true", help=description)
+        group = ppo_group if f.name in PPO_OPTIONS else parser
+        if f.type is bool:  # --flag / --no-flag
+            toggle = argparse.BooleanOptionalAction
+            group.add_argument(flag, action=toggle, default=f.default, help=description)
         else:
             kind = int if f.type is int else float if "float" in str(f.type) else str
             how = dict(type=kind, default=f.default, help=f"{description} ({f.default})")
             if f.metadata["bare"] is not None:  # the flag alone means `bare`
                 how |= dict(nargs="?", const=f.metadata["bare"])
-            parser.add_argument(flag, **how)
+            group.add_argument(flag, **how)
     return parser
 
 
 QUICK = dict(iterations=4, trials=2, batch_size=16, eval_every=2, eval_prompts=16, confirm_seeds=1)
-EXPERIMENT_OPTIONS = (  # options that change what a finished arm means
-    "iterations", "batch_size", "seed", "learning_rate", "kl_coef", "target_kl", "kl_horizon", "eval_every",
-    "eval_prompts", "shap_permutations", "lime_samples", "policy", "reward_model", "prompts",
-    "max_new_tokens", "min_new_tokens", "objective", "bo_batch", "numerics", "reviews",
+EXPERIMENT_OPTIONS = (  # options that change what a finished arm means: these and the PPO ones but device
+    "iterations", "batch_size", "seed", "eval_every", "eval_prompts", "shap_permutations", "lime_samples",
+    "policy", "reward_model", "prompts", "objective", "bo_batch", "numerics", "reviews",
+    *(name for name in PPO_OPTIONS if name != "device"),
 )  # fmt: skip
 
 
@@ -102,6 +125,8 @@ def parse(argv=None) -> tuple[argparse.ArgumentParser, Options]:
     checks = [
         (options.eval_every <= options.iterations, f"--eval-every {options.eval_every} > --iterations"),
         (options.min_new_tokens <= options.max_new_tokens, "--min-new-tokens > --max-new-tokens"),
+        (options.group_size >= 1 and options.batch_size % options.group_size == 0, f"--batch-size "
+         f"{options.batch_size}: expected a multiple of --group-size {options.group_size}"),
         (len(set(components := options.components.split(","))) == len(components) >= 2, f"--components "
          f"{options.components!r}: expected at least 2 distinct components (the BO searches their weights)"),
         (options.kl_coef >= 0, f"--kl-coef {options.kl_coef}: expected >= 0"),

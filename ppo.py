@@ -31,36 +31,74 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+ADVANTAGES = ("gae", "group", "reinforce++")
+
 
 @dataclass
 class PPOConfig:
-    minibatch_size: int = 16  # responses per gradient step
-    ppo_epochs: int = 4  # passes over the batch per iteration
-    learning_rate: float = 1e-4  # AdamW learning rate, shared by the policy and the value head
-    gamma: float = 1.0  # discount; 1 keeps every return equal to the undiscounted sum of rewards
-    lam: float = 0.95  # GAE lambda (Schulman et al. 2016)
-    clip_range: float = 0.2  # PPO ratio clip epsilon (Schulman et al. 2017)
-    clip_range_value: float = 0.2  # how far a value may move from the old one before its loss is clipped
-    vf_coef: float = 0.1  # weight of the value loss in the joint loss
-    entropy_coef: float = 0.0  # weight of the entropy bonus (0: entropy is only logged)
-    max_grad_norm: float = 1.0  # global gradient-norm clip
-    kl_coef: float = 0.05  # (initial) coefficient of the per-token KL penalty
-    kl_estimator: str = "k1"  # per-token KL of the penalty: "k1" (logp - logp_ref) or "k3" (Schulman 2020)
-    target_kl: float | None = None  # sequence KL the adaptive controller aims at (Ziegler 2019); None: fixed
-    kl_horizon: int = 10000  # adaptive controller horizon, in responses
-    temperature: float = 1.0  # of sampling; the log-probs are recomputed at the same temperature
-    top_k: int = 0  # sample among the k most likely tokens (0: off)
-    top_p: float = 1.0  # nucleus sampling mass (1.0: off)
-    min_new_tokens: int = 4  # EOS is blocked before this many response tokens
-    max_new_tokens: int = 16  # longest response; a response that reaches it ends without EOS
-    whiten_advantages: bool = True  # normalise advantages over the batch's real tokens
-    device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu" or "cuda"
-    bf16: bool = False  # bfloat16 autocast for forward passes (cuda only)
-    seed: int = 0  # seeds the value head, sampling and minibatch shuffling
+    """Every PPO setting; run.py makes each field a --flag, with its docstring as the help."""
+
+    advantage: str = "gae"
+    """advantage estimator: 'gae' (a value head), 'group' (leave-one-out) or 'reinforce++' (critic-free)"""
+    group_size: int = 1
+    """responses sampled per prompt (G); 'group' needs G >= 2"""
+    lam: float = 0.95
+    """GAE lambda (Schulman et al. 2016); 1: the return minus the value"""
+    gamma: float = 1.0
+    """discount; 1 keeps every return equal to the undiscounted sum of rewards"""
+    whiten_advantages: bool = True
+    """normalise the advantages over the batch's real tokens (REINFORCE++ always does)"""
+    minibatch_size: int = 16
+    """responses per gradient step"""
+    ppo_epochs: int = 4
+    """passes over the batch per iteration"""
+    learning_rate: float = 2e-4
+    """AdamW learning rate of the policy and its value head"""
+    clip_range: float = 0.2
+    """PPO ratio clip epsilon (Schulman et al. 2017)"""
+    clip_range_value: float = 0.2
+    """how far a value may move from the old one before its loss is clipped"""
+    vf_coef: float = 0.1
+    """weight of the value loss in the joint loss (GAE only)"""
+    entropy_coef: float = 0.0
+    """weight of the entropy bonus (0: entropy is only logged)"""
+    max_grad_norm: float = 1.0
+    """global gradient-norm clip"""
+    kl_coef: float = 0.05
+    """(initial) coefficient of the per-token KL penalty, and the yardstick of J"""
+    kl_estimator: str = "k1"
+    """per-token KL of the penalty: 'k1' (log pi - log pi_ref) or 'k3' (Schulman 2020)"""
+    target_kl: float | None = None
+    """sequence KL the adaptive controller aims at (Ziegler et al. 2019); None: kl_coef fixed"""
+    kl_horizon: int = 10000
+    """adaptive KL controller horizon, in responses"""
+    temperature: float = 1.0
+    """of sampling; the log-probs are recomputed at the same temperature"""
+    top_k: int = 0
+    """sample among the k most likely tokens (0: off)"""
+    top_p: float = 1.0
+    """nucleus sampling mass (1.0: off)"""
+    min_new_tokens: int = 4
+    """shortest response: EOS is blocked before it"""
+    max_new_tokens: int = 16
+    """longest response; a response that reaches it ends without EOS"""
+    device: str = "auto"
+    """'auto' (cuda if torch sees one, else cpu), 'cpu', 'cuda' or 'cuda:N'"""
+    bf16: bool = False
+    """bfloat16 autocast for the forward passes (cuda only)"""
+    seed: int = 0
+    """seeds the value head, sampling and minibatch shuffling"""
 
     def __post_init__(self):
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator={self.kl_estimator!r}, expected 'k1' or 'k3'")
+        if self.advantage not in ADVANTAGES:
+            raise ValueError(f"advantage={self.advantage!r}, expected one of {ADVANTAGES}")
+        if self.group_size < 1 or (self.advantage == "group" and self.group_size < 2):
+            raise ValueError(
+                f"group_size={self.group_size} with advantage={self.advantage!r}: expected >= 1, "
+                "and >= 2 for 'group' (a prompt alone in its group has no baseline)"
+            )
         if not 0 <= self.min_new_tokens <= self.max_new_tokens or self.max_new_tokens < 1:
             raise ValueError(
                 f"need 0 <= min_new_tokens ({self.min_new_tokens}) <= "
@@ -77,6 +115,33 @@ class PPOConfig:
             )
         if self.target_kl is not None and self.target_kl <= 0:
             raise ValueError(f"target_kl={self.target_kl}, expected > 0 or None")
+        if not 0 <= self.lam <= 1 or not 0 < self.gamma <= 1:
+            raise ValueError(f"lam={self.lam}, gamma={self.gamma}: expected 0 <= lam <= 1, 0 < gamma <= 1")
+        if self.device != "auto":
+            check_device(self.device)
+        on_cuda = self.device.startswith("cuda") or self.device == "auto" and torch.cuda.is_available()
+        if self.bf16 and not on_cuda:
+            raise ValueError(f"bf16=True needs a cuda device, got device={self.device!r}")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device torch cannot use, in one line naming what torch reports."""
+    try:
+        kind = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if kind.type == "cuda" and torch.version.cuda is None:
+        raise ValueError(
+            f"device={device!r}: this torch {torch.__version__} is a CPU-only build; install a CUDA "
+            "build of torch (pytorch.org) or use device='cpu'"
+        )
+    if kind.type == "cuda" and (kind.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device={device!r}: torch (CUDA {torch.version.cuda}) sees {torch.cuda.device_count()} "
+            "CUDA device(s); check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES, or use device='cpu'"
+        )
+    if kind.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
 @dataclass
@@ -89,7 +154,7 @@ class Rollout:
     response_mask: torch.Tensor  # (B, T) 1 up to and including EOS
     logprobs: torch.Tensor  # (B, T) log pi_old(y_t | x, y_<t)
     ref_logprobs: torch.Tensor  # (B, T) log pi_ref(y_t | x, y_<t)
-    values: torch.Tensor  # (B, T) V(x, y_<t)
+    values: torch.Tensor | None  # (B, T) V(x, y_<t); None without a critic
     generation_seconds: float  # time spent sampling
     forward_seconds: float  # time spent in the two log-prob forwards
 
@@ -153,6 +218,67 @@ def gae(
         advantages.append(next_advantage)
     advantages = torch.stack(advantages[::-1], dim=1) * response_mask  # (B, T)
     return advantages, advantages + values
+
+
+def reward_to_go(rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """G_t = r_t + gamma G_{t+1}: what token t and the tokens after it earned, (B, T).
+
+    REINFORCE with "causality" (Williams 1992): a token is not credited with the rewards of the
+    tokens before it. With a sparse reward R and gamma = 1, G_t = R at every real token.
+    """
+    rewards = rewards * response_mask
+    next_return = torch.zeros_like(rewards[:, 0])  # (B,)
+    returns = []
+    for t in reversed(range(rewards.shape[1])):
+        next_return = rewards[:, t] + gamma * next_return
+        returns.append(next_return)
+    return torch.stack(returns[::-1], dim=1) * response_mask  # (B, T)
+
+
+def leave_one_out(returns: torch.Tensor, response_mask: torch.Tensor, group_size: int) -> torch.Tensor:
+    """A_t = G_t - mean_{j != i} G^j_0: the reward-to-go minus the mean return of the other
+    responses to the same prompt (RLOO's baseline, Ahmadian et al. 2024), (B, T).
+
+    Rows i*G .. i*G + G-1 answer one prompt (rollout repeats each prompt G times in a row).
+    With a sparse reward every token of response i gets R_i - mean_{j != i} R_j, RLOO's (and
+    verl's) outcome advantage. Not divided by the group's std as GRPO does (Shao et al. 2024):
+    that weights the prompts whose responses agree most (Liu et al. 2025, "Dr. GRPO"); the
+    batch-wide whitening of PPOConfig.whiten_advantages sets the scale instead.
+    """
+    totals = returns[:, 0].view(-1, group_size)  # (B/G, G), G^j_0 = each response's return
+    baseline = (totals.sum(dim=1, keepdim=True) - totals) / (group_size - 1)  # (B/G, G)
+    return (returns - baseline.reshape(-1, 1)) * response_mask  # (B, T)
+
+
+def clipped_value_loss(values, old_values, returns, response_mask, clip_range_value: float) -> torch.Tensor:
+    """0.5 max((V - G)^2, (V_clip - G)^2), V_clip = V_old + clip(V - V_old, +-eps) (37 details, 9)."""
+    values_clipped = old_values + (values - old_values).clamp(-clip_range_value, clip_range_value)
+    squared = torch.max((values - returns) ** 2, (values_clipped - returns) ** 2)  # (B, T)
+    return 0.5 * masked_mean(squared, response_mask)
+
+
+def estimate_advantages(
+    config: "PPOConfig", rewards: torch.Tensor, values: torch.Tensor | None, response_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """config.advantage's estimator -> (advantages, returns of the value loss), each (B, T).
+
+        gae          GAE(gamma, lam) on the value head V (Schulman et al. 2016)
+        group        G_t - mean_{j != i} G^j_0           critic-free, RLOO's baseline
+        reinforce++  (G_t - mean G) / std G over the batch's real tokens  (Hu 2025, as verl and
+                     OpenRLHF compute it; critic-free)
+
+    GAE's and the group's advantages are whitened the same way when config.whiten_advantages
+    (37 details, detail 7). The critic-free estimators return no returns: no value loss.
+    """
+    if config.advantage == "gae":
+        advantages, returns = gae(rewards, values, response_mask, config.gamma, config.lam)
+    else:
+        advantages, returns = reward_to_go(rewards, response_mask, config.gamma), None
+        if config.advantage == "group":
+            advantages = leave_one_out(advantages, response_mask, config.group_size)
+    if config.whiten_advantages or config.advantage == "reinforce++":
+        advantages = masked_whiten(advantages, response_mask)
+    return advantages, returns
 
 
 # ---------------------------------------------------------------------------------------
@@ -281,8 +407,6 @@ class PPOTrainer:
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         else:
             self.device = torch.device(config.device)
-        if config.bf16 and self.device.type != "cuda":
-            raise ValueError(f"bf16=True needs a cuda device, got device={self.device}")
         self.config, self.pad_token_id, self.eos_token_id = config, pad_token_id, eos_token_id
         self.kl_coef = config.kl_coef
         self.drawn_as = drawn_as(config, eos_token_id)
@@ -295,9 +419,12 @@ class PPOTrainer:
         # stays trainable.
         self.ref_policy = reference.to(self.device).eval()
         torch.manual_seed(config.seed)
-        self.value_head = nn.Linear(policy.config.hidden_size, 1).to(self.device)
+        self.value_head = None  # the critic: GAE only
+        if config.advantage == "gae":
+            self.value_head = nn.Linear(policy.config.hidden_size, 1).to(self.device)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
-        self.parameters = list(self.policy.parameters()) + list(self.value_head.parameters())
+        critic = [] if self.value_head is None else list(self.value_head.parameters())
+        self.parameters = list(self.policy.parameters()) + critic
         # Adam eps 1e-5 (37 implementation details, detail 3).
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, eps=1e-5, fused=True)
 
@@ -321,8 +448,11 @@ class PPOTrainer:
     # 1. rollout
     @torch.no_grad()
     def rollout(self, prompt_ids, prompt_mask) -> Rollout:
-        """Sample responses, then old log-probs + values (one forward) and ref log-probs."""
-        prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
+        """Sample config.group_size responses per prompt (a prompt's rows in a row: B = prompts x G),
+        then old log-probs + values (one forward) and ref log-probs."""
+        group_size = self.config.group_size
+        prompt_ids = prompt_ids.to(self.device).repeat_interleave(group_size, dim=0)  # (B, P)
+        prompt_mask = prompt_mask.to(self.device).repeat_interleave(group_size, dim=0)  # (B, P)
         start = clock(self.device)
         response_ids, response_mask = self.sample_on_device(prompt_ids, prompt_mask)
         generated = clock(self.device)
@@ -335,7 +465,7 @@ class PPOTrainer:
         forward_seconds = clock(self.device) - generated
         return Rollout(*tokens, logprobs, ref_logprobs, values, generated - start, forward_seconds)
 
-    # 2-4. rewards, GAE, PPO epochs
+    # 2-4. rewards, advantages, PPO epochs
     def update(
         self, rollout: Rollout, token_rewards: torch.Tensor, scores: torch.Tensor | None = None
     ) -> dict[str, float]:
@@ -360,10 +490,8 @@ class PPOTrainer:
             kl_penalty = ((-log_ratio_ref).exp() - 1 + log_ratio_ref) * mask
         rewards = token_rewards - self.kl_coef * kl_penalty  # (B, T)
 
-        # 3. GAE, then whitening over real tokens (37 details, detail 7).
-        advantages, returns = gae(rewards, rollout.values, mask, config.gamma, config.lam)
-        if config.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+        # 3. Advantages: GAE on the value head, or critic-free from the reward-to-go.
+        advantages, returns = estimate_advantages(config, rewards, rollout.values, mask)  # (B, T) each
 
         # 4. PPO epochs over shuffled minibatches (Schulman et al. 2017; 37 details, detail 6).
         batch_size = mask.shape[0]
@@ -385,15 +513,14 @@ class PPOTrainer:
                 policy_loss = masked_mean(
                     torch.max(-advantages[rows] * ratio, -advantages[rows] * clipped_ratio), mb_mask
                 )
-                # Clipped value loss (37 details, detail 9): 0.5 max((V - G)^2, (V_clip - G)^2).
-                old_values, mb_returns = rollout.values[rows], returns[rows]
-                values_clipped = old_values + (values - old_values).clamp(
-                    -config.clip_range_value, config.clip_range_value
-                )
-                value_loss = 0.5 * masked_mean(
-                    torch.max((values - mb_returns) ** 2, (values_clipped - mb_returns) ** 2), mb_mask
-                )
                 mean_entropy = masked_mean(entropy, mb_mask)
+                logged = dict(policy_loss=policy_loss, entropy=mean_entropy)
+                value_loss = 0.0  # critic-free: no value head to train
+                if self.value_head is not None:
+                    value_loss = clipped_value_loss(
+                        values, rollout.values[rows], returns[rows], mb_mask, config.clip_range_value
+                    )
+                    logged["value_loss"] = value_loss
                 loss = policy_loss + config.vf_coef * value_loss - config.entropy_coef * mean_entropy
 
                 self.optimizer.zero_grad(set_to_none=True)
@@ -401,10 +528,10 @@ class PPOTrainer:
                 nn.utils.clip_grad_norm_(self.parameters, config.max_grad_norm)  # detail 11
                 self.optimizer.step()
                 with torch.no_grad():
-                    clip_fraction = masked_mean(((ratio - 1).abs() > config.clip_range).float(), mb_mask)
-                    approx_kl = masked_mean(ratio - 1 - log_ratio, mb_mask)  # k3 of pi_old vs pi
-                    logged = [policy_loss, value_loss, mean_entropy, clip_fraction, approx_kl]
-                    minibatch_stats.append(torch.stack(logged))
+                    clipped = ((ratio - 1).abs() > config.clip_range).float()
+                    logged["clip_fraction"] = masked_mean(clipped, mb_mask)
+                    logged["approx_kl"] = masked_mean(ratio - 1 - log_ratio, mb_mask)  # k3, pi_old vs pi
+                    minibatch_stats.append(logged)
                     if first_ratio_error is None:
                         # Before any step pi == pi_old, so this is 0 up to float rounding;
                         # anything else means the log-prob recomputation is inconsistent.
@@ -418,21 +545,22 @@ class PPOTrainer:
             self.kl_coef *= 1 + error * batch_size / config.kl_horizon
 
         # Statistics: one float each; the minibatch ones are averaged over all minibatches.
-        means = torch.stack(minibatch_stats).mean(dim=0).tolist()
-        names = ("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl")
         stats = {
-            **dict(zip(names, means)),
+            name: torch.stack([logged[name] for logged in minibatch_stats]).mean().item()
+            for name in minibatch_stats[0]
+        }
+        stats |= {
             "kl": sequence_kl,
             "kl_coef": kl_coef_used,
             "first_ratio_error": first_ratio_error.item(),  # max |pi/pi_old - 1|, first minibatch
-            "explained_variance": (
-                1 - masked_var(returns - rollout.values, mask) / masked_var(returns, mask)
-            ).item(),
             "response_length": mask.sum(dim=1).mean().item(),
             "time_generation": rollout.generation_seconds,
             "time_forward": rollout.forward_seconds,
             "time_update": clock(self.device) - start,
         }
+        if returns is not None:  # of the value head: 1 - Var(G - V) / Var(G)
+            unexplained = masked_var(returns - rollout.values, mask) / masked_var(returns, mask)
+            stats["explained_variance"] = (1 - unexplained).item()
         if scores is not None:
             stats["score"] = scores.float().mean().item()
         return stats

@@ -51,8 +51,6 @@ BASELINES = {  # arm -> credit weights; RCfD also swaps the reward (see train_ar
     "shap": {"shap": 1.0}, "lime": {"lime": 1.0}, "rcfd": {"sparse": 1.0},
     "true_shapley": {"true_shapley": 1.0}, "lexicon": {"lexicon": 1.0},  # oracles: the embedded task's truths
 }  # fmt: skip
-SHARED_WITH_PPO = ("learning_rate", "min_new_tokens", "max_new_tokens", "kl_coef", "target_kl", "kl_horizon",
-                   "device")  # fmt: skip
 TRIAL_SEED_OFFSET = 100  # trial k trains with seed + 100 + k, apart from the confirmation seeds
 SAMPLE_PROMPTS = 6  # held-out prompts of samples.md
 
@@ -115,7 +113,7 @@ def build_setup(options: Options) -> Setup:
             lime_samples=options.lime_samples,
             seed=options.seed,
         ),
-        ppo_config=ppo.PPOConfig(**{name: getattr(options, name) for name in SHARED_WITH_PPO}),
+        ppo_config=ppo.PPOConfig(**{name: getattr(options, name) for name in cli.PPO_OPTIONS}),
         token_reward=token_reward,
     )
 
@@ -222,13 +220,13 @@ def train_arm(arm: Arm, setup: Setup, options: Options, rcfd: bool = False) -> A
             scalars.add("eval", {k: point[k] for k in ("reward", "kl", "kl_k3")}, iteration)
         if iteration == options.iterations:
             break
-        rows = rng.choice(len(setup.task.train_prompts), options.batch_size, replace=False)
+        prompts = options.batch_size // config.group_size  # the rollout answers each G times
+        rows = rng.choice(len(setup.task.train_prompts), prompts, replace=False)
         enc = setup.tokenizer([setup.task.train_prompts[i] for i in rows], return_tensors="pt", padding=True)
         rollout = trainer.rollout(enc["input_ids"], enc["attention_mask"])
-        response_ids, response_mask = rollout.response_ids.cpu(), rollout.response_mask.cpu()
-        components, scores = reward_components(
-            setup, enc["input_ids"], response_ids, response_mask, methods, rcfd
-        )
+        prompt_ids, response_ids = rollout.prompt_ids.cpu(), rollout.response_ids.cpu()  # (B, P), (B, T)
+        response_mask = rollout.response_mask.cpu()  # (B, T)
+        components, scores = reward_components(setup, prompt_ids, response_ids, response_mask, methods, rcfd)
         stats = trainer.update(rollout, shaping.shape(components, arm.weights), scores)
         scalars.add("train", {"reward" if k == "score" else k: v for k, v in stats.items()}, iteration + 1)
         train_kl = stats["kl"]
@@ -364,8 +362,9 @@ def main(argv=None) -> dict:
         setup = build_setup(options)
     except ValueError as error:  # a model or prompts file that cannot be loaded: one line, no traceback
         fail(str(error))
-    if options.batch_size > len(setup.task.train_prompts):
-        fail(f"--batch-size {options.batch_size}: only {len(setup.task.train_prompts)} training prompts")
+    if options.batch_size // options.group_size > len(setup.task.train_prompts):
+        prompts = len(setup.task.train_prompts)
+        fail(f"--batch-size {options.batch_size} / --group-size {options.group_size}: over {prompts} prompts")
     if too_long := task.position_error(setup.task, options.max_new_tokens):  # before the folder is claimed
         fail(too_long)
     with locked(options.out):
@@ -384,6 +383,10 @@ def parse_options(argv=None) -> Options:
     for ok, message in checks:
         if not ok:
             parser.error(message)
+    try:  # every PPO setting, checked by PPOConfig itself (the device included: one line, before any work)
+        ppo.PPOConfig(**{name: getattr(options, name) for name in cli.PPO_OPTIONS})
+    except ValueError as error:
+        parser.error(f"PPO settings: {error}")
     for name in options.components.split(","):
         if name not in shaping.COMPONENTS:
             parser.error(f"unknown credit component {name!r} in --components; expected {shaping.COMPONENTS}")

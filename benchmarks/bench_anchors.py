@@ -21,7 +21,7 @@ the explainer good enough?".
           true_shapley at every range, SHAP and LIME at 8-16 and 90-110; per range, every method at the
           first rate from (lr)'s choice up at which sparse and ABC learn in those steps (the same check)
     (c)   our protocol at 8-16; if it and (a) disagree on ABC against sparse, ABC's settings one at a time
-          on ours (learning rate, KL controller, batch size, iterations)
+          on ours (learning rate, KL controller, batch size, iterations, minibatch)
 
 Compared with sparse at matched KL (bench_frontier.py's rule: per seed, K = the smaller final held-out
 KL of the two; the reward of each trajectory where it first reaches K), with 95% intervals over seeds;
@@ -64,11 +64,15 @@ import report  # noqa: E402
 import run  # noqa: E402
 import task  # noqa: E402
 
+# TRL 0.7.4's PPO as the ABC repository's scripts ran it: they set the learning rate, 4 epochs and a batch
+# of 16, and TRL's PPOConfig defaults mini_batch_size = 1 (and no gradient accumulation): 64 optimizer
+# steps an iteration. GAE lambda 0.95, gamma 1, clip 0.2 and vf_coef 0.1 are ppo.PPOConfig's defaults too.
 ABC_PROTOCOL = dict(learning_rate=1.41e-5, kl_coef=0.2, target_kl=6.0, kl_horizon=10000, batch_size=16,
-                    iterations=150)  # fmt: skip  # TRL 0.7.4 PPO in the ABC repository's scripts
+                    iterations=150, minibatch_size=1)  # fmt: skip
+SWEEP_MINIBATCH = 16  # the length sweep (b) as it first ran, before ABC's minibatch of 1 was found
 FLIPS = {  # (c): one of ABC's settings at a time on our protocol
     "learning rate": ("learning_rate",), "KL controller": ("kl_coef", "target_kl", "kl_horizon"),
-    "batch size": ("batch_size",), "iterations": ("iterations",),
+    "batch size": ("batch_size",), "iterations": ("iterations",), "minibatch": ("minibatch_size",),
 }  # fmt: skip
 RANGES = ((8, 16), (20, 30), (40, 60), (90, 110), (140, 160))
 EXPLAINED_RANGES = ((8, 16), (90, 110))  # where the sweep also trains SHAP and LIME
@@ -297,7 +301,7 @@ def main():
     for lengths in args.ranges if "b" in args.parts else ():
         explained = ("shap", "lime") if lengths in EXPLAINED_RANGES or args.smoke else ()
         methods = [m for m in (*SWEEP_METHODS, *explained) if m in args.methods]
-        steps = {**protocol, "iterations": args.sweep_iterations}
+        steps = {**protocol, "iterations": args.sweep_iterations, "minibatch_size": SWEEP_MINIBATCH}
         prefix = f"sweep-{lengths[0]}-{lengths[1]}-"
         rates = [rate for rate in args.learning_rates if rate >= chosen] or [chosen]
         steps["learning_rate"] = first_learning(cells, prefix, lengths, steps, rates)

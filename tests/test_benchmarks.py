@@ -1,6 +1,7 @@
 """The benchmarks' smoke modes: every step of a benchmark, tiny, on the default task."""
 
 import importlib.util
+import json
 import os
 import sys
 
@@ -85,6 +86,40 @@ def test_bench_anchors_runs_only_the_parts_asked(tmp_path, task_cache, monkeypat
 def test_bench_anchors_refuses_bad_parts_in_one_line(argv, message, monkeypatch, capsys):
     bench = load("bench_anchors")
     monkeypatch.setattr(sys, "argv", ["bench_anchors.py", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        bench.parse()
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bench_estimators_smoke_trains_each_estimator_and_prints_the_map(
+    tmp_path, task_cache, monkeypatch, capsys
+):
+    bench = load("bench_estimators")
+    argv = ["bench_estimators.py", "--smoke", "--out", str(tmp_path), "--cache-dir", task_cache]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench.main()
+    out = capsys.readouterr().out
+    assert "gae-1, 4-16 tokens, lr" in out and "group, 4-16 tokens, lr" in out
+    assert "map: dense method - sparse of the same estimator, at matched KL" in out
+    assert "4-16 tokens: the best sparse estimator is" in out
+    calls = [line for line in out.splitlines() if "-> " in line and "(" in line]
+    assert calls and all(line.rsplit("-> ", 1)[1].strip() in bench.CALLS.values() for line in calls)
+    configs = {
+        folder: json.loads((tmp_path / folder / "config.json").read_text()) for folder in os.listdir(tmp_path)
+    }
+    assert {c["advantage"] for c in configs.values()} == {"gae", "group"}
+    assert all(c["group_size"] == 2 for c in configs.values() if c["advantage"] == "group")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--estimators", "gae-1,grpo"], "--estimators gae-1,grpo: 'grpo' is not one of"),
+     (["--ranges", "8-16,20-30"], "--ranges 8-16,20-30: '20-30' is not one of"),
+     (["--seeds", "1"], "--seeds 1: expected >= 2")],
+)  # fmt: skip
+def test_bench_estimators_refuses_bad_values_in_one_line(argv, message, monkeypatch, capsys):
+    bench = load("bench_estimators")
+    monkeypatch.setattr(sys, "argv", ["bench_estimators.py", *argv])
     with pytest.raises(SystemExit) as exit_:
         bench.parse()
     assert exit_.value.code == 2 and message in capsys.readouterr().err

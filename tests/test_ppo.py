@@ -299,3 +299,106 @@ def test_a_shared_reference_stays_trainable_for_the_next_run():
         rollout, ppo.sparse_token_rewards(torch.tensor([1.0, -1.0, 1.0, -1.0]), rollout.response_mask)
     )
     assert any(not torch.equal(a, b) for a, b in zip(before, second.policy.parameters()))
+
+
+# Two responses to each of two prompts (G = 2), lengths 3, 2, 1, 3; 7s sit on pads.
+GROUP_REWARDS = torch.tensor([[0.5, 0.0, 1.0], [2.0, -1.0, 7.0], [3.0, 7.0, 7.0], [0.0, 0.0, -2.0]])
+GROUP_MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+
+
+def test_reward_to_go_and_leave_one_out_hand_worked():
+    to_go = ppo.reward_to_go(GROUP_REWARDS, GROUP_MASK, gamma=1.0)
+    expected = torch.tensor([[1.5, 1.0, 1.0], [1.0, -1.0, 0.0], [3.0, 0.0, 0.0], [-2.0, -2.0, -2.0]])
+    torch.testing.assert_close(to_go, expected)
+    # gamma = 0.5, row 0: G2 = 1, G1 = 0 + 0.5, G0 = 0.5 + 0.25.
+    torch.testing.assert_close(
+        ppo.reward_to_go(GROUP_REWARDS, GROUP_MASK, 0.5)[0], torch.tensor([0.75, 0.5, 1])
+    )
+    # Returns 1.5, 1.0 | 3.0, -2.0: each response's baseline is the other one's return.
+    advantages = ppo.leave_one_out(to_go, GROUP_MASK, group_size=2)
+    expected = torch.tensor([[0.5, 0.0, 0.0], [-0.5, -2.5, 0.0], [5.0, 0.0, 0.0], [-5.0, -5.0, -5.0]])
+    torch.testing.assert_close(advantages, expected)
+
+
+def test_group_estimator_gives_sparse_credit_rloos_outcome_advantage():
+    scores = torch.tensor([1.0, 4.0, -2.0, 0.5, 3.0, 3.0])  # two prompts, G = 3
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]])
+    rewards = ppo.sparse_token_rewards(scores, mask)
+    config = ppo.PPOConfig(advantage="group", group_size=3, whiten_advantages=False, device="cpu")
+    advantages, returns = ppo.estimate_advantages(config, rewards, None, mask.float())
+    groups = scores.view(2, 3)
+    rloo = groups - (groups.sum(1, keepdim=True) - groups) / 2  # R_i - mean_{j != i} R_j
+    verl = (groups - groups.mean(1, keepdim=True)) * 3 / 2  # verl's RLOO: G/(G-1) (R_i - mean_j R_j)
+    torch.testing.assert_close(rloo, verl)
+    torch.testing.assert_close(advantages, rloo.reshape(-1, 1) * mask)
+    assert returns is None  # critic-free: no value loss
+
+
+def test_reinforce_pp_whitens_the_return_over_the_batch():
+    scores = torch.tensor([1.0, 4.0, -2.0])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]]).float()
+    rewards = ppo.sparse_token_rewards(scores, mask)
+    config = ppo.PPOConfig(advantage="reinforce++", whiten_advantages=False, device="cpu")
+    advantages, _ = ppo.estimate_advantages(config, rewards, None, mask)
+    # Sparse credit: the reward-to-go of every real token is the response's return R.
+    torch.testing.assert_close(ppo.reward_to_go(rewards, mask, 1.0), scores[:, None] * mask)
+    real = np.array([1.0, 1.0, 4.0, 4.0, 4.0, -2.0])  # R over the 6 real tokens
+    expected = (real - real.mean()) / np.sqrt(real.var() + 1e-8)
+    np.testing.assert_allclose(advantages[mask.bool()].numpy(), expected, atol=1e-6)
+    # Dense credit is no longer summed: a token is credited only with what came after it.
+    dense = torch.tensor([[3.0, -2.0, 0.0], [1.0, 1.0, 2.0], [-2.0, 0.0, 0.0]])
+    torch.testing.assert_close(ppo.reward_to_go(dense, mask, 1.0)[:, 1], torch.tensor([-2.0, 3.0, 0.0]))
+
+
+def test_a_critic_free_trainer_has_no_value_head_and_answers_each_prompt_g_times():
+    config = ppo.PPOConfig(advantage="group", group_size=3, minibatch_size=3, max_new_tokens=5, device="cpu")
+    policy = tiny_gpt2()
+    trainer = ppo.PPOTrainer(policy, config, PAD, EOS)
+    assert trainer.value_head is None
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in policy.parameters()}  # the policy's weights and nothing else
+    prompt_ids, prompt_mask = left_pad(PROMPTS[:2])
+    rollout = trainer.rollout(prompt_ids, prompt_mask)
+    assert rollout.values is None
+    expected = prompt_ids.repeat_interleave(3, dim=0)  # rows 0-2 answer prompt 0, rows 3-5 prompt 1
+    assert torch.equal(rollout.prompt_ids, expected)
+    scores = torch.arange(6.0)
+    stats = trainer.update(rollout, ppo.sparse_token_rewards(scores, rollout.response_mask), scores)
+    assert "value_loss" not in stats and "explained_variance" not in stats
+    assert stats["first_ratio_error"] < 1e-6
+
+
+def test_minibatch_of_one_takes_batch_times_epochs_optimizer_steps():
+    config = ppo.PPOConfig(minibatch_size=1, ppo_epochs=2, max_new_tokens=4, device="cpu")
+    trainer = ppo.PPOTrainer(tiny_gpt2(), config, PAD, EOS)
+    steps = []
+    step = trainer.optimizer.step
+    trainer.optimizer.step = lambda: steps.append(step())
+    rollout = trainer.rollout(*left_pad(PROMPTS * 2))  # B = 6
+    trainer.update(rollout, ppo.sparse_token_rewards(torch.ones(6), rollout.response_mask))
+    assert len(steps) == 6 * 2
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(advantage="vtrace"), "advantage='vtrace'"),
+        (dict(advantage="group", group_size=1), "a prompt alone in its group"),
+        (dict(group_size=0), "group_size=0"),
+        (dict(lam=1.5), "lam=1.5"),
+        (dict(device="tpu"), "device='tpu'"),
+    ],
+)
+def test_bad_settings_are_refused_in_one_line(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ppo.PPOConfig(**settings)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_refused_naming_what_torch_reports():
+    reported = "CPU-only build" if torch.version.cuda is None else "sees 0 CUDA device"
+    for device in ("cuda", "cuda:0"):
+        with pytest.raises(ValueError, match=reported):
+            ppo.PPOConfig(device=device)
+    with pytest.raises(ValueError, match="bf16=True needs a cuda device"):
+        ppo.PPOConfig(bf16=True)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import fields
 
 import pytest
 import torch
@@ -183,6 +184,10 @@ def test_interrupted_run_resumes_without_repeating_finished_work(tmp_path, task_
         (["--target-kl", "0"], "--target-kl 0.0 <= 0"),
         (["--objective", "reward"], "--objective 'reward': expected"),
         (["--save-policy", "sparse,best"], "--save-policy: no arm 'best' in this run; expected some of"),
+        (["--group-size", "3"], "--batch-size 64: expected a multiple of --group-size 3"),
+        (["--advantage", "group"], "PPO settings: group_size=1 with advantage='group'"),
+        (["--advantage", "grpo"], "PPO settings: advantage='grpo', expected one of"),
+        (["--device", "cuda:7"], "PPO settings: device='cuda:7'"),
     ],
 )
 def test_bad_options_exit_with_a_clear_message(tmp_path, capsys, extra, message):
@@ -298,6 +303,18 @@ def test_help_lists_every_option(capsys):
         run.parse_options(["--help"])
     text = capsys.readouterr().out
     assert all("--" + f.replace("_", "-") in text for f in run.Options.__dataclass_fields__)
+
+
+def test_every_ppo_setting_is_a_flag_with_the_dataclass_default_and_reaches_the_trainer():
+    """One source of truth: PPOConfig's fields (but the per-arm seed) are run.py's flags, read from ppo.py."""
+    ppo_fields = {f.name: f.default for f in fields(run.ppo.PPOConfig) if f.name != "seed"}
+    flags = {f.name: f.default for f in fields(run.Options) if f.name in ppo_fields}
+    assert flags == ppo_fields
+    help_of = {f.name: f.metadata["help"] for f in fields(run.Options)}
+    assert all(help_of[name] for name in ppo_fields)  # each with its docstring
+    options = run.parse_options(["--lam", "1", "--minibatch-size", "1", "--no-whiten-advantages"])
+    config = run.ppo.PPOConfig(**{name: getattr(options, name) for name in run.cli.PPO_OPTIONS})
+    assert (config.lam, config.minibatch_size, config.whiten_advantages) == (1.0, 1, False)
 
 
 def test_help_answers_before_the_heavy_imports():
@@ -443,3 +460,15 @@ def test_reproducible_numerics_replace_what_the_user_exported_and_refuse_a_late_
     cli.pin_numerics("reproducible")
     assert {name: os.environ[name] for name in cli.REPRODUCIBLE_CPU} == cli.REPRODUCIBLE_CPU
     assert cli.numerics_in_force("reproducible")  # the test session's torch loaded after conftest pinned
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_fails_in_one_line_and_claims_no_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--device", "cuda", "--quick", "--out", str(out)])
+    assert exit_info.value.code == 2
+    reported = "a CPU-only build" if torch.version.cuda is None else "sees 0 CUDA device(s)"
+    error = capsys.readouterr().err.strip()  # argparse's usage, then the one line
+    assert reported in error.splitlines()[-1] and "device='cuda'" in error and "Traceback" not in error
+    assert not out.exists()
