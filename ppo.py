@@ -2,11 +2,12 @@
 
 One file, top to bottom, in the spirit of CleanRL's ppo.py, adapted to causal LMs:
 
-    1. rollout   sample a response per prompt (KV-cached loop), then recompute the log-probs
-                 of the response under the policy and a frozen reference, and the values
-    2. rewards   the caller's per-token rewards (B, T) minus a per-token KL penalty
-    3. GAE       advantages and returns over masked, variable-length responses
-    4. update    several epochs of clipped PPO over shuffled minibatches
+    1. rollout     sample G responses per prompt (KV-cached loop), then recompute their
+                   log-probs under the policy and a frozen reference, and the values
+    2. rewards     the caller's per-token rewards (B, T) minus a per-token KL penalty
+    3. advantages  GAE on a value head, or critic-free from the reward-to-go (a group
+                   baseline, or REINFORCE++), over masked, variable-length responses
+    4. update      several epochs of clipped PPO over shuffled minibatches
 
 References:
 - Schulman et al. 2017, PPO, https://arxiv.org/abs/1707.06347 (clipped objective).
@@ -16,6 +17,8 @@ References:
   https://iclr-blog-track.github.io/2022/03/25/ppo-implementation-details/ (numbered details),
   and "The N Implementation Details of RLHF with PPO", https://arxiv.org/abs/2403.17031.
 - Schulman 2020, "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html (k1, k3).
+- Ahmadian et al. 2024, RLOO, https://arxiv.org/abs/2402.14740 (leave-one-out baseline);
+  Hu 2025, REINFORCE++, https://arxiv.org/abs/2501.03262 (batch-whitened reward-to-go).
 
 Shapes: B responses, P prompt length (left-padded), T longest response (right-padded),
 H hidden size, V vocabulary.
