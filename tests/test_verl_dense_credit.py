@@ -55,8 +55,11 @@ def setup(tmp_path_factory):
         )
     lengths = sorted(map(len, responses))
     assert lengths[0] < RESPONSE_LENGTH == lengths[-1], f"expected padded and capped responses; got {lengths}"
-    worker = SimpleNamespace(tokenizer=tokenizer)  # what verl's padding method reads
-    pad = lambda ids, **how: AgentLoopWorker._pad_token_ids(worker, ids, return_attention_mask=True, **how)  # noqa: E731
+    worker = SimpleNamespace(tokenizer=tokenizer)  # all that verl's padding method reads
+
+    def pad(ids, **how):
+        return AgentLoopWorker._pad_token_ids(worker, ids, return_attention_mask=True, **how)
+
     tensors = {"prompts": [], "responses": [], "attention_mask": []}
     for prompt, response in zip(prompt_rows, responses):  # as AgentLoopWorker._agent_loop_postprocess
         left = pad(prompt, max_length=PROMPT_LENGTH, padding_side="left")
@@ -64,6 +67,7 @@ def setup(tmp_path_factory):
         tensors["prompts"].append(left["input_ids"])
         tensors["responses"].append(right["input_ids"])
         tensors["attention_mask"].append(torch.cat([left["attention_mask"], right["attention_mask"]], 1))
+    tokenizer.padding_side = "left"  # as the task loaded it (verl's padding method sets it)
     tensors = {name: torch.cat(rows) for name, rows in tensors.items()}  # (B, P), (B, T), (B, P + T)
     tensors["input_ids"] = torch.cat([tensors["prompts"], tensors["responses"]], 1)
     tensors["position_ids"] = compute_position_id_with_mask(tensors["attention_mask"])
@@ -152,7 +156,8 @@ def test_shap_weights_give_this_projects_shap_credit(setup):
     """The same responses as the stages take them (left-padded prompts, right-padded responses of their own
     longest length): reward_attribution.attribute, then shaping, with the same mask string and seed."""
     tokenizer, T = setup.task.policy_tokenizer, max(map(len, setup.responses))
-    prompt_ids = tokenizer.pad({"input_ids": setup.prompts}, return_tensors="pt")["input_ids"]  # left
+    prompts = tokenizer.pad({"input_ids": setup.prompts}, padding_side="left", return_tensors="pt")
+    prompt_ids = prompts["input_ids"]  # (B, longest prompt)
     response_ids = torch.tensor([row + [tokenizer.pad_token_id] * (T - len(row)) for row in setup.responses])
     response_mask = (torch.arange(T) < torch.tensor([len(row) for row in setup.responses])[:, None]).long()
     scorer, rm_tokenizer = scoring.sdpa_view(setup.task.reward_model), setup.task.reward_tokenizer
