@@ -89,10 +89,9 @@ def ppo_options() -> list[tuple]:
     return options
 
 
-Options = make_dataclass(
-    "Options",
-    [(f.name, f.type, option(f.default, *f.metadata.values())) for f in fields(RunOptions)] + ppo_options(),
-)
+RUN_FIELDS = [(f.name, f.type, option(f.default, *f.metadata.values())) for f in fields(RunOptions)]
+Options = make_dataclass("Options", RUN_FIELDS + ppo_options())
+Options.__module__ = __name__  # pickled by name, cli.Options, for the process workers
 PPO_OPTIONS = [name for name, _, _ in ppo_options()]
 
 
