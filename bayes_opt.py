@@ -24,20 +24,20 @@ w (w_k >= 0, sum_k w_k = 1), so there are few, noisy values and it pays to choos
     best_weights, best_value = opt.best()
 """
 
-import copy
 import json
 import math
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy.linalg import cho_solve, cholesky
+from scipy.linalg import cho_solve, cholesky, solve_triangular
 from scipy.special import erfcx
 from scipy.stats import norm
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
-from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+from sklearn.gaussian_process.kernels import ConstantKernel, Matern, Sum, WhiteKernel
 from threadpoolctl import threadpool_limits
 
 SIMPLEX_TOLERANCE = 1e-6
@@ -109,37 +109,83 @@ def fit_gp(points, values, n_restarts=2, random_state=0):
         return gp.fit(points, values)
 
 
-def latent_posterior(gp, points):
-    """Posterior mean and latent std of J at points (M, K) -> (M,), (M,).
-
-    predict(return_std=True) gives the std of a new noisy observation, var = var_latent + noise.
-    The fitted WhiteKernel noise is in normalised units (normalize_y divides y by its std), so in
-    the units of y it is noise_level * y_std^2; EI needs the latent part alone."""
-    mu, predictive_std = gp.predict(points, return_std=True)
-    y_variance = gp._y_train_std**2  # sklearn's normalize_y scale: the std of the training values
-    latent_variance = predictive_std**2 - gp.kernel_.k2.noise_level * y_variance
-    return mu, np.sqrt(np.maximum(latent_variance, 1e-12 * y_variance))
+def signal_and_noise(kernel):
+    """A fitted kernel's signal part and its white-noise variance (0 where it has no WhiteKernel term)."""
+    if isinstance(kernel, Sum):
+        for signal, noise in ((kernel.k1, kernel.k2), (kernel.k2, kernel.k1)):
+            if isinstance(noise, WhiteKernel):
+                return signal, noise.noise_level
+    return kernel, 0.0
 
 
-def condition_on_believed(gp, new_points):
-    """The GP with fantasy observations y = mu(new_points) (M, K) added to its data, its fitted
-    kernel and y normalisation unchanged: the kriging believer update (Ginsbourger et al. 2010).
+@dataclass
+class Posterior:
+    """The GP posterior of J, written out (Rasmussen & Williams 2006, Alg. 2.1), from a fitted
+    GaussianProcessRegressor's public parts. In normalised units y = (J - J_mean) / J_std (normalize_y),
+    with k the fitted kernel (signal + white noise) and X the N observed points:
 
-    Hyperparameters stay fixed, not refitted: a fantasy carries no evidence about them; ML-II refitted
-    on values the GP itself predicted would see points that agree perfectly with the model (pulling
-    the fitted noise down), normalize_y would move the prior mean towards the believed values, and
-    each batch point would cost another restarted ML-II fit. With the kernel fixed the update is
-    exact GP conditioning (Rasmussen & Williams 2006, Alg. 2.1) on X' = [X; new], y' = [y; mu(new)]:
-        L = chol(K(X', X') + alpha I),   alpha_ = (K(X', X') + alpha I)^-1 y'
-    As y' agrees with the posterior mean, the mean is unchanged everywhere; only the variance shrinks,
-    at a single new point from v to v n / (v + n) < n (latent variances, n the noise variance)."""
-    believed = copy.copy(gp)
-    believed.X_train_ = np.vstack([gp.X_train_, new_points])  # (N + M, K)
-    believed.y_train_ = np.concatenate([gp.y_train_, gp.kernel_(new_points, gp.X_train_) @ gp.alpha_])
-    train_cov = gp.kernel_(believed.X_train_) + gp.alpha * np.eye(len(believed.X_train_))  # (N+M, N+M)
-    believed.L_ = cholesky(train_cov, lower=True)
-    believed.alpha_ = cho_solve((believed.L_, True), believed.y_train_)  # (N + M,)
-    return believed
+        L = chol(k(X, X) + jitter I),   alpha = (k(X, X) + jitter I)^-1 y                (N,)
+        mu(x)    = J_mean + J_std k(x, X) alpha                                the posterior mean of J
+        var_f(x) = J_std^2 (k_signal(x, x) - v^T v),   v = L^-1 k(X, x)        the latent variance of J
+
+    var_f leaves out the observation noise: EI asks how much J itself may improve, not one noisy draw.
+    """
+
+    kernel: object
+    """the fitted kernel k (sklearn Kernel), signal + white noise"""
+    jitter: float
+    """the regressor's alpha, added to the diagonal of k(X, X)"""
+    points: np.ndarray
+    """X (N, K), the observed weights (and believed ones)"""
+    values: np.ndarray
+    """y (N,), their normalised values"""
+    value_mean: float
+    """J_mean, of the observed values"""
+    value_std: float
+    """J_std, of the observed values (1 where they are all equal)"""
+    cholesky: np.ndarray
+    """L (N, N), lower"""
+    weights: np.ndarray
+    """alpha (N,)"""
+
+    def mean(self, points):
+        """mu(x) at points (M, K) -> (M,)."""
+        cross = self.kernel(points, self.points)  # (M, N) k(x, X): the white noise is 0 off the diagonal
+        return self.value_std * (cross @ self.weights) + self.value_mean
+
+    def latent_std(self, points):
+        """sqrt(var_f(x)) at points (M, K) -> (M,), floored at 1e-6 J_std."""
+        signal, _ = signal_and_noise(self.kernel)
+        cross = self.kernel(points, self.points)  # (M, N)
+        v = solve_triangular(self.cholesky, cross.T, lower=True)  # (N, M) L^-1 k(X, x)
+        latent_var = signal.diag(points) - np.einsum("ij,ij->j", v, v)  # (M,) normalised
+        return self.value_std * np.sqrt(np.maximum(latent_var, 1e-12))
+
+    def believe(self, new_points):
+        """The posterior with fantasy observations y = mu(new_points) (M, K) added to its data, its
+        kernel and value normalisation unchanged: the kriging believer update (Ginsbourger et al. 2010).
+
+        Hyperparameters stay fixed, not refitted: a fantasy carries no evidence about them; ML-II
+        refitted on values the GP itself predicted would see points that agree perfectly with the model
+        (pulling the fitted noise down), and each batch point would cost another restarted ML-II fit.
+        With the kernel fixed the update is exact GP conditioning on X' = [X; new], y' = [y; mu(new)]:
+        as y' agrees with the posterior mean, the mean is unchanged everywhere; only the variance
+        shrinks, at a single new point from v to v n / (v + n) < n (n the noise variance)."""
+        points = np.vstack([self.points, new_points])  # (N + M, K)
+        believed = self.kernel(new_points, self.points) @ self.weights  # (M,) mu(new), normalised
+        values = np.concatenate([self.values, believed])  # (N + M,)
+        train_cov = self.kernel(points) + self.jitter * np.eye(len(points))  # (N + M, N + M)
+        lower = cholesky(train_cov, lower=True)
+        weights = cho_solve((lower, True), values)  # (N + M,)
+        return replace(self, points=points, values=values, cholesky=lower, weights=weights)
+
+
+def posterior(gp, values) -> Posterior:
+    """The Posterior of a GaussianProcessRegressor fitted (normalize_y=True) on `values` (N,)."""
+    value_mean, value_std = np.mean(values), np.std(values)
+    if value_std < 10 * np.finfo(float).eps:  # all equal: sklearn divides by 1
+        value_std = 1.0
+    return Posterior(gp.kernel_, gp.alpha, gp.X_train_, gp.y_train_, value_mean, value_std, gp.L_, gp.alpha_)
 
 
 # ---- Candidates on the simplex ----
@@ -211,7 +257,7 @@ class BayesOpt:
         """ask() -> the next weights to evaluate; ask(n) -> a list of n distinct weights for one
         synchronous batch, chosen by the kriging believer rule (Ginsbourger, Le Riche & Carraro 2010):
         each point maximises log EI after the points before it (and any pending ones) were added
-        to the GP as fantasy observations y = mu(w) (see condition_on_believed).
+        to the GP as fantasy observations y = mu(w) (see Posterior.believe).
 
         ask(n) marks its points pending until they are told; a later ask() or ask(m) before then
         treats them as fantasies too, so it continues the same sequence: ask(2) then ask(2) returns
@@ -233,30 +279,32 @@ class BayesOpt:
         num_told, num_weights = len(self.trials), len(self.names)
         chosen = [np.array([w[name] for name in self.names]) for w in self.pending]
         if num_told >= self.n_initial:
-            gp, points, _ = self._surrogate()
+            gp, points, _ = self._surrogate()  # the posterior of J given the told trials
         for j in range(len(self.pending), len(self.pending) + n):
             rng = np.random.default_rng([self.seed, num_told, j] if j else [self.seed, num_told])
             if num_told + j == 0:
                 point = np.full(num_weights, 1 / num_weights)
             elif num_told < self.n_initial:
                 point = rng.dirichlet(np.ones(num_weights))
-            else:
-                point = self._believer_point(gp, points, np.array(chosen).reshape(-1, num_weights), rng)
+            else:  # the points chosen before this one, pending included, as fantasies (kriging believer)
+                believed = np.array(chosen).reshape(-1, num_weights)  # (M, K)
+                point = self._argmax_log_ei(gp, points, believed, rng)
             chosen.append(point)
         return [{name: float(w) for name, w in zip(self.names, point)} for point in chosen[-n:]]
 
-    def _believer_point(self, gp, points, believed, rng):
-        """argmax log EI over candidates, the GP conditioned on the believed points (M, K), which
-        count as observations for the incumbent and are excluded from the candidates."""
+    def _argmax_log_ei(self, gp, points, believed, rng):
+        """The acquisition: argmax of log EI over simplex candidates, the posterior conditioned on the
+        believed points (M, K), which count as observations for the incumbent and are excluded from the
+        candidates."""
         if len(believed):
-            gp, points = condition_on_believed(gp, believed), np.vstack([points, believed])
-        observed_means = gp.predict(points)  # (N + M,)
+            gp, points = gp.believe(believed), np.vstack([points, believed])
+        observed_means = gp.mean(points)  # (N + M,)
         candidates = simplex_candidates(points[np.argmax(observed_means)], rng, self.n_random, self.n_local)
         if len(believed):
             distances = np.abs(candidates[:, None, :] - believed[None]).max(axis=2)  # (C, M)
             candidates = candidates[distances.min(axis=1) > SIMPLEX_TOLERANCE]
-        mu, sigma = latent_posterior(gp, candidates)
-        xi = self.xi * gp._y_train_std
+        mu, sigma = gp.mean(candidates), gp.latent_std(candidates)  # (C,) each
+        xi = self.xi * gp.value_std
         return candidates[np.argmax(log_expected_improvement(mu, sigma, observed_means.max(), xi))]
 
     def tell(self, weights: dict[str, float], value: float, info: dict | None = None) -> None:
@@ -298,15 +346,16 @@ class BayesOpt:
         return dict(self.trials[index]["weights"]), float(observed_means[index])
 
     def _surrogate(self):
-        """The GP fitted on all told trials (cached per trial count), their points (N, K) and
-        posterior means (N,)."""
+        """The Posterior of the GP fitted on all told trials (cached per trial count), their points
+        (N, K) and posterior means (N,)."""
         points = np.array([[t["weights"][name] for name in self.names] for t in self.trials])
         num_fitted, gp = self._gp_cache
         if num_fitted != len(self.trials):
             values = np.array([t["value"] for t in self.trials])
-            gp = fit_gp(points, values, self.n_restarts, np.random.RandomState([self.seed, len(self.trials)]))
+            random_state = np.random.RandomState([self.seed, len(self.trials)])
+            gp = posterior(fit_gp(points, values, self.n_restarts, random_state), values)
             self._gp_cache = (len(self.trials), gp)
-        return gp, points, gp.predict(points)
+        return gp, points, gp.mean(points)
 
     def _check_weights(self, weights):
         if set(weights) != set(self.names):

@@ -39,24 +39,38 @@ class RunOptions:
     confirm_seeds: int = option(3, "fresh seeds re-running the best weights and sparse")
     shap_permutations: int = option(2, "SHAP permutations per response (the fewest with fidelity >= 0.95)")
     lime_samples: int = option(48, "LIME perturbations per response (the fewest with fidelity >= 0.9)")
+    shap_backend: str = option(
+        "batched", "SHAP: 'batched' (permutations, one RM call), 'library' (shap) or 'exact' (2^T coalitions)"
+    )
+    lime_backend: str = option(
+        "batched", "LIME: 'batched' (one RM call, one batched solve) or 'library' (lime)"
+    )
     weights: str | None = option(None, "JSON file of extra fixed weights, run as the baseline 'custom'")
     policy: str | None = option(None, "policy: hub name or local path (default: the embedded task)")
     reward_model: str | None = option(None, "reward model: hub name or local path (default: embedded)")
     prompts: str | None = option(None, "prompts file, one per line, `prompt<TAB>demonstration` optional")
-    reviews: str = option("sentence", "embedded reviews: 'sentence' (one each) or 'sized' (several, as long "
-                          "as --min/--max-new-tokens asks: a task per range)")  # fmt: skip
+    reviews: str = option(
+        "sentence",
+        "embedded reviews: 'sentence' (one each) or 'sized' (several, as long "
+        "as --min/--max-new-tokens asks: a task per range)",
+    )
     cache_dir: str = option(".cache/task", "where the embedded task's models are cached")
-    numerics: str = option("native", "CPU kernels: 'native' (this CPU's fastest) or 'reproducible' (the same "
-                           "numbers on any x86-64 CPU, about 1.6x the time)")  # fmt: skip
+    numerics: str = option(
+        "native",
+        "CPU kernels: 'native' (this CPU's fastest) or 'reproducible' (the same "
+        "numbers on any x86-64 CPU, about 1.6x the time)",
+    )
     threads: int = option(1, "CPU threads for torch (tiny models: more threads wait on each other)")
     workers: int = option(1, "arms trained at once, each in a process of its own (parallel.py)")
     bo_batch: int = option(1, "BO trials asked per round and trained together (kriging believer)")
     ray_address: str | None = option(None, "a running Ray cluster to train the arms on ('auto': this one's)")
     quick: bool = option(False, "smoke run in runs/quick: 4 iterations, 2 trials, batch 16, one confirm seed")
     save_policy: str | None = option(
-        None, "save the final policy of the bo-best confirmation arms, and of the arms named (a,b), with its "
-        "tokenizer in <out>/policies/<arm> (save_pretrained)", bare="bo-best",
-    )  # fmt: skip
+        None,
+        "save the final policy of the bo-best confirmation arms, and of the arms named (a,b), with its "
+        "tokenizer in <out>/policies/<arm> (save_pretrained)",
+        bare="bo-best",
+    )
     tensorboard: bool = option(False, "write each arm's training statistics to <out>/tensorboard/<arm>")
 
 
@@ -102,10 +116,10 @@ def option_parser() -> argparse.ArgumentParser:
 
 QUICK = dict(iterations=4, trials=2, batch_size=16, eval_every=2, eval_prompts=16, confirm_seeds=1)
 EXPERIMENT_OPTIONS = (  # options that change what a finished arm means: these and the PPO ones but device
-    "iterations", "batch_size", "seed", "eval_every", "eval_prompts", "shap_permutations", "lime_samples",
-    "policy", "reward_model", "prompts", "objective", "bo_batch", "numerics", "reviews",
+    *"iterations batch_size seed eval_every eval_prompts shap_permutations lime_samples shap_backend".split(),
+    *"lime_backend policy reward_model prompts objective bo_batch numerics reviews".split(),
     *(name for name in PPO_OPTIONS if name != "device"),
-)  # fmt: skip
+)
 
 
 def parse(argv=None) -> tuple[argparse.ArgumentParser, Options]:
@@ -115,28 +129,51 @@ def parse(argv=None) -> tuple[argparse.ArgumentParser, Options]:
     options = Options(**vars(parser.parse_args(argv)))
     if options.quick:  # its own folder by default, so that a full run afterwards does not clash
         options = replace(options, **QUICK, out="runs/quick" if options.out == Options.out else options.out)
-    at_least = dict(trials=0, iterations=1, batch_size=2, min_new_tokens=0, max_new_tokens=1, eval_every=1,
-        eval_prompts=1, confirm_seeds=0, shap_permutations=1, lime_samples=2, threads=1, workers=1,
-        bo_batch=1)  # fmt: skip
+    at_least = dict(
+        trials=0,
+        iterations=1,
+        batch_size=2,
+        min_new_tokens=0,
+        max_new_tokens=1,
+        eval_every=1,
+        eval_prompts=1,
+        confirm_seeds=0,
+        shap_permutations=1,
+        lime_samples=2,
+        threads=1,
+        workers=1,
+        bo_batch=1,
+    )
     for name, low in at_least.items():
         if getattr(options, name) < low:
             parser.error(f"--{name.replace('_', '-')} {getattr(options, name)}: expected >= {low}")
     checks = [
         (options.eval_every <= options.iterations, f"--eval-every {options.eval_every} > --iterations"),
         (options.min_new_tokens <= options.max_new_tokens, "--min-new-tokens > --max-new-tokens"),
-        (options.group_size >= 1 and options.batch_size % options.group_size == 0, f"--batch-size "
-         f"{options.batch_size}: expected a multiple of --group-size {options.group_size}"),
-        (len(set(components := options.components.split(","))) == len(components) >= 2, f"--components "
-         f"{options.components!r}: expected at least 2 distinct components (the BO searches their weights)"),
+        (
+            options.group_size >= 1 and options.batch_size % options.group_size == 0,
+            f"--batch-size {options.batch_size}: expected a multiple of --group-size {options.group_size}",
+        ),
+        (
+            len(set(components := options.components.split(","))) == len(components) >= 2,
+            f"--components {options.components!r}: expected at least 2 distinct components (the BO searches "
+            "their weights)",
+        ),
         (options.kl_coef >= 0, f"--kl-coef {options.kl_coef}: expected >= 0"),
         (options.target_kl is None or options.target_kl > 0, f"--target-kl {options.target_kl} <= 0"),
-        (options.objective in ("regularised", "auc"), f"--objective {options.objective!r}: expected "
-         "'regularised' or 'auc'"),
-        (options.numerics in ("reproducible", "native"), f"--numerics {options.numerics!r}: expected "
-         "'reproducible' or 'native'"),
-        (options.reviews in ("sentence", "sized"), f"--reviews {options.reviews!r}: expected 'sentence' or "
-         "'sized'"),
-    ]  # fmt: skip
+        (
+            options.objective in ("regularised", "auc"),
+            f"--objective {options.objective!r}: expected 'regularised' or 'auc'",
+        ),
+        (
+            options.numerics in ("reproducible", "native"),
+            f"--numerics {options.numerics!r}: expected 'reproducible' or 'native'",
+        ),
+        (
+            options.reviews in ("sentence", "sized"),
+            f"--reviews {options.reviews!r}: expected 'sentence' or 'sized'",
+        ),
+    ]
     for ok, message in checks:
         if not ok:
             parser.error(message)

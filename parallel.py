@@ -36,21 +36,21 @@ def has_ray() -> bool:
 class Worker:
     """One worker process's Setup, built once, and the arms it trains with it (pool or Ray)."""
 
-    def __init__(self, build_setup, train, options, folder):
+    def __init__(self, build_setup, finished, options, folder):
         os.chdir(folder)  # the parent's working directory: relative --out and --cache-dir mean the same
         if not numerics_in_force(options.numerics):  # set by the parent's environment or the Ray runtime env
             raise RuntimeError(f"a worker on {os.uname().nodename} is not in --numerics {options.numerics}")
         torch.set_num_threads(options.threads)
         torch.manual_seed(options.seed)
-        self.setup, self.train_fn, self.options = build_setup(options), train, options
+        self.setup, self.finished, self.options = build_setup(options), finished, options
 
-    def train(self, arm, rcfd):
-        return self.train_fn(arm, self.setup, self.options, rcfd)
+    def train(self, train_arm, arm, training):
+        return self.finished(arm, self.options) or train_arm(arm, training, self.setup, self.options)
 
 
 class Workers:
-    """submit(arm, rcfd) -> a Future of the trained Arm; train(arms) -> the arms in submission
-    order, collected as they finish under a bar of arms finished / submitted, a line each (also in a log)."""
+    """submit(train_arm, arm, training) -> a Future of the trained Arm; train(train_arm, batch) -> the arms
+    in submission order, collected as they finish under a bar of arms finished / submitted, a line each."""
 
     def __enter__(self):
         self.bar = tqdm(total=0, desc="arms", unit="arm", disable=None)  # off when output is not a terminal
@@ -61,9 +61,10 @@ class Workers:
         self.bar.close()
         self.close(stop=error is not None)
 
-    def train(self, arms, rcfd=()) -> list:
-        """Train the arms together (those named in rcfd on the RCfD reward); the first error stops the run."""
-        futures = [self.submit(arm, arm.name in rcfd) for arm in arms]
+    def train(self, train_arm, batch) -> list:
+        """train_arm(arm, training, setup, options) for each (arm, training) of the batch, together, or
+        the arm's file where an interrupted run finished it; the first error stops the run."""
+        futures = [self.submit(train_arm, arm, training) for arm, training in batch]
         self.submitted += len(futures)
         self.bar.total = self.submitted
         self.bar.refresh()
@@ -71,8 +72,10 @@ class Workers:
             arm = future.result()
             self.done += 1
             self.bar.update()
-            self.bar.write(f"{arm.name}: final reward {arm.final:+.2f}, held-out KL {arm.final_kl:.1f} "
-                           f"({self.done} of {self.submitted} arms)")  # fmt: skip
+            progress = f"({self.done} of {self.submitted} arms)"
+            self.bar.write(
+                f"{arm.name}: final reward {arm.final:+.2f}, held-out KL {arm.final_kl:.1f} {progress}"
+            )
         return [future.result() for future in futures]
 
     def finished(self, futures):
@@ -82,17 +85,19 @@ class Workers:
 class InProcess(Workers):
     """--workers 1: each arm trains in this process, with the parent's Setup, when it is collected."""
 
-    def __init__(self, options, setup, build_setup, train):
-        self.call, self.queued = (lambda arm, rcfd: train(arm, setup, options, rcfd)), {}
+    def __init__(self, options, setup, build_setup, finished):
+        self.setup, self.options, self.finished_arm, self.queued = setup, options, finished, {}
 
-    def submit(self, arm, rcfd=False):
+    def submit(self, train_arm, arm, training):
         future = concurrent.futures.Future()
-        self.queued[future] = arm, rcfd
+        self.queued[future] = train_arm, arm, training
         return future
 
     def finished(self, futures):
         for future in futures:
-            future.set_result(self.call(*self.queued.pop(future)))
+            train_arm, arm, training = self.queued.pop(future)
+            done = self.finished_arm(arm, self.options) or train_arm(arm, training, self.setup, self.options)
+            future.set_result(done)
             yield future
 
     def close(self, stop):
@@ -107,21 +112,19 @@ def _start(*args):
     _worker = Worker(*args)
 
 
-def _train(arm, rcfd):
-    return _worker.train(arm, rcfd)
+def _train(train_arm, arm, training):
+    return _worker.train(train_arm, arm, training)
 
 
 class ProcessPool(Workers):
     """--workers N without ray: N "spawn" processes on this machine, a Worker each."""
 
-    def __init__(self, options, setup, build_setup, train):
-        self.pool = concurrent.futures.ProcessPoolExecutor(
-            options.workers, multiprocessing.get_context("spawn"), _start,
-            (build_setup, train, options, os.getcwd()),
-        )  # fmt: skip
+    def __init__(self, options, setup, build_setup, finished):
+        spawn, arguments = multiprocessing.get_context("spawn"), (build_setup, finished, options, os.getcwd())
+        self.pool = concurrent.futures.ProcessPoolExecutor(options.workers, spawn, _start, arguments)
 
-    def submit(self, arm, rcfd=False):
-        return self.pool.submit(_train, arm, rcfd)
+    def submit(self, train_arm, arm, training):
+        return self.pool.submit(_train, train_arm, arm, training)
 
     def close(self, stop):
         processes = list(self.pool._processes.values())  # Python >= 3.14: pool.terminate_workers()
@@ -138,7 +141,7 @@ class RayActors(Workers):
     last one is back, so a fast arm never waits behind a slow one.
     """
 
-    def __init__(self, options, setup, build_setup, train):
+    def __init__(self, options, setup, build_setup, finished):
         import ray
 
         self.ray, self.started = ray, not ray.is_initialized()
@@ -156,14 +159,16 @@ class RayActors(Workers):
         numerics = REPRODUCIBLE_CPU if options.numerics == "reproducible" else {}  # before torch loads there
         code = {"env_vars": {"PYTHONPATH": here + ":${PYTHONPATH}", **numerics}}
         actor = ray.remote(**each, runtime_env=code)(Worker)
-        self.actors = [actor.remote(build_setup, train, options, os.getcwd()) for _ in range(count)]
+        self.actors = [actor.remote(build_setup, finished, options, os.getcwd()) for _ in range(count)]
         free, self.mine = list(self.actors), threading.local()
         self.threads = concurrent.futures.ThreadPoolExecutor(
             count, initializer=lambda: setattr(self.mine, "actor", free.pop())
         )
 
-    def submit(self, arm, rcfd=False):
-        return self.threads.submit(lambda: self.ray.get(self.mine.actor.train.remote(arm, rcfd)))
+    def submit(self, train_arm, arm, training):
+        return self.threads.submit(
+            lambda: self.ray.get(self.mine.actor.train.remote(train_arm, arm, training))
+        )
 
     def close(self, stop):
         self.threads.shutdown(wait=False, cancel_futures=True)
@@ -174,11 +179,12 @@ class RayActors(Workers):
             self.ray.shutdown()
 
 
-def workers(options, setup, build_setup, train) -> Workers:
-    """The executor for the options: train(arm, setup, options, rcfd) -> Arm runs in it, each worker
-    with its own build_setup(options) (both must be importable functions, for worker processes)."""
+def workers(options, setup, build_setup, finished) -> Workers:
+    """The executor for the options: each worker with its own build_setup(options), each arm read back
+    by finished(arm, options) (None: it trains). Functions handed over must be importable (module level),
+    for worker processes: build_setup, finished and train_arm."""
     if options.ray_address is not None or (options.workers > 1 and has_ray()):
-        return RayActors(options, setup, build_setup, train)
+        return RayActors(options, setup, build_setup, finished)
     if options.workers > 1:
-        return ProcessPool(options, setup, build_setup, train)
-    return InProcess(options, setup, build_setup, train)
+        return ProcessPool(options, setup, build_setup, finished)
+    return InProcess(options, setup, build_setup, finished)

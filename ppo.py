@@ -198,6 +198,20 @@ def sparse_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> t
     return rewards
 
 
+def kl_per_token(logprobs, ref_logprobs, response_mask, estimator: str) -> torch.Tensor:
+    """Per-token KL of the policy to the reference under the sampling distribution (Schulman 2020):
+
+        k1 = log(pi / pi_ref)              unbiased, can be negative
+        k3 = (rho - 1) - log(rho),  rho = pi_ref / pi      unbiased, >= 0
+
+    logprobs, ref_logprobs, response_mask (B, T) -> (B, T), zero outside the mask.
+    """
+    log_ratio = (logprobs - ref_logprobs) * response_mask  # (B, T) log(pi / pi_ref)
+    if estimator == "k1":
+        return log_ratio
+    return ((-log_ratio).exp() - 1 + log_ratio) * response_mask  # (B, T)
+
+
 def gae(
     rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,9 +307,16 @@ def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def response_logprobs(
-    model, prompt_ids, prompt_mask, response_ids, response_mask, temperature=1.0, value_head=None,
-    eos_token_id=None, min_new_tokens=0,
-):  # fmt: skip
+    model,
+    prompt_ids,
+    prompt_mask,
+    response_ids,
+    response_mask,
+    temperature=1.0,
+    value_head=None,
+    eos_token_id=None,
+    min_new_tokens=0,
+):
     """One forward over [prompt; response] -> log pi(y_t | x, y_<t), entropy, V(x, y_<t).
 
     The state before response token t sits at position P - 1 + t, so the T states that
@@ -484,13 +505,8 @@ class PPOTrainer:
             raise ValueError("token_rewards must be zero outside response_mask (after EOS)")
         start = clock(self.device)
 
-        # 2. Per-token KL penalty (Ziegler et al. 2019): r_t - kl_coef * KL_t, with (Schulman 2020)
-        #    k1 = log(pi / pi_ref)  or  k3 = (rho - 1) - log(rho), rho = pi_ref / pi.
-        log_ratio_ref = (rollout.logprobs - rollout.ref_logprobs) * mask  # (B, T)
-        if config.kl_estimator == "k1":
-            kl_penalty = log_ratio_ref
-        else:
-            kl_penalty = ((-log_ratio_ref).exp() - 1 + log_ratio_ref) * mask
+        # 2. Per-token KL penalty (Ziegler et al. 2019): r_t - kl_coef * KL_t, KL_t by k1 or k3.
+        kl_penalty = kl_per_token(rollout.logprobs, rollout.ref_logprobs, mask, config.kl_estimator)  # (B, T)
         rewards = token_rewards - self.kl_coef * kl_penalty  # (B, T)
 
         # 3. Advantages: GAE on the value head, or critic-free from the reward-to-go.
@@ -541,7 +557,9 @@ class PPOTrainer:
                         first_ratio_error = ((ratio - 1) * mb_mask).abs().max()
 
         # Adaptive KL controller (Ziegler et al. 2019): beta *= 1 + clip(KL/target - 1, +-0.2) n/H.
-        sequence_kl = log_ratio_ref.sum(dim=1).mean().item()
+        sequence_kl = (
+            kl_per_token(rollout.logprobs, rollout.ref_logprobs, mask, "k1").sum(dim=1).mean().item()
+        )
         kl_coef_used = self.kl_coef
         if config.target_kl is not None:
             error = min(max(sequence_kl / config.target_kl - 1, -0.2), 0.2)

@@ -24,16 +24,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
-SHOWN = (
-    "Shapley truth",
-    "lexicon",
-    "sparse",
-    "uniform",
-    "abc",
-    "shap",
-    "lime",
-    "bo-best",
-)  # rows of tokens.html
 KINDS = ("baseline", "trial", "confirm")
 SAMPLING = ("temperature", "top_k", "top_p", "min_new_tokens", "max_new_tokens")  # how a policy samples
 
@@ -53,27 +43,13 @@ class Arm:
     seed: int
     """seed of sampling and PPO"""
     kl_coef: float
-    """the yardstick of the regularised objective J: reward - kl_coef * KL (the run's --kl-coef)"""
+    """the yardstick of the regularised objective J (run.objective): the run's --kl-coef"""
     curve: list[dict] = field(default_factory=list)
     """evaluations: {"iteration", "reward", "kl", "kl_k3", "train_kl"}, reward and KL held out"""
     seconds: float = 0.0
     """wall time of training and evaluation"""
     samples: list[dict] = field(default_factory=list)
     """the final policy's responses to samples.md's prompts: {"prompt", "response", "eos", "score", "kl"}"""
-
-    @property
-    def auc(self) -> float:
-        """Mean held-out reward over the evaluations after the start (area under the curve)."""
-        return float(np.mean([point["reward"] for point in self.curve[1:]]))
-
-    @property
-    def objective(self) -> float:
-        """J = mean over the evaluations after the start of (reward - kl_coef * KL), KL held out.
-
-        The KL-regularised reward is what PPO itself maximises, so drifting from the reference
-        alone cannot raise J; averaging over the curve keeps "good, and fast" in it.
-        """
-        return float(np.mean([p["reward"] - self.kl_coef * p["kl"] for p in self.curve[1:]]))
 
     @property
     def final(self) -> float:
@@ -165,9 +141,9 @@ def weights_text(weights: dict) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in weights.items() if v > 0.005)
 
 
-def confirmation(arms: dict[str, Arm], matched: dict) -> str:
+def confirmation(arms: dict[str, Arm], matched: dict, objective) -> str:
     """Best weights against sparse over the fresh seeds: mean ± 95% interval of each figure,
-    and of the paired difference (bo-best - sparse at the same seed)."""
+    and of the paired difference (bo-best - sparse at the same seed); objective(arm) is J."""
     confirm = [arm for arm in arms.values() if arm.kind == "confirm"]
     pairs = {}
     for arm in confirm:
@@ -185,10 +161,10 @@ def confirmation(arms: dict[str, Arm], matched: dict) -> str:
         at_kl = [matched[arm.name] for arm in runs if matched[arm.name] is not None]
         lines.append(
             f"| {group} | {len(runs)} | {mean_interval([a.final for a in runs])} | "
-            f"{mean_interval([a.final_kl for a in runs])} | {mean_interval([a.objective for a in runs])} | "
+            f"{mean_interval([a.final_kl for a in runs])} | {mean_interval([objective(a) for a in runs])} | "
             f"{mean_interval(at_kl) if at_kl else 'never reached'} |"
         )
-    j_gap = [pair["bo-best"].objective - pair["sparse"].objective for pair in pairs.values()]
+    j_gap = [objective(pair["bo-best"]) - objective(pair["sparse"]) for pair in pairs.values()]
     kl_gap = [
         matched[pair["bo-best"].name] - matched[pair["sparse"].name]
         for pair in pairs.values()
@@ -213,7 +189,8 @@ def verdict(gaps: list[float]) -> str:
     return f"bo-best is {side} sparse on these {len(gaps)} seeds (the 95% interval excludes 0)"
 
 
-def summary_table(arms: dict[str, Arm], best_weights: dict, fidelity: dict, smoke: bool = False) -> str:
+def summary_table(arms: dict[str, Arm], best_weights: dict, fidelity: dict, objective, smoke=False) -> str:
+    """The results table; objective(arm, kind) is run.py's J, kind 'regularised' or 'auc'."""
     matched = matched_kl_rewards(arms)
     lines = [
         "| arm | weights | final reward | held-out KL | J | AUC | reward at sparse's KL "
@@ -225,7 +202,7 @@ def summary_table(arms: dict[str, Arm], best_weights: dict, fidelity: dict, smok
         at_kl = number(matched[name], missing="never" if arm.seed in sparse_seeds else "–")
         lines.append(
             f"| {name} | {weights_text(arm.weights)} | {arm.final:+.2f} | {arm.final_kl:.2f} | "
-            f"{arm.objective:+.2f} | {arm.auc:+.2f} | {at_kl} | "
+            f"{objective(arm, 'regularised'):+.2f} | {objective(arm, 'auc'):+.2f} | {at_kl} | "
             f"{fidelity_text(fidelity.get(name))} | {arm.seconds:.0f} |"
         )
     kl_coef = next(iter(arms.values())).kl_coef
@@ -244,7 +221,7 @@ def summary_table(arms: dict[str, Arm], best_weights: dict, fidelity: dict, smok
         "\n\n"
         + "\n".join(lines)
         + f"\n\nBest BO weights: {weights_text(best_weights)}\n\n"
-        + confirmation(arms, matched)
+        + confirmation(arms, matched, lambda arm: objective(arm, "regularised"))
     )
 
 
@@ -299,8 +276,10 @@ def colour(value: float, scale: float) -> str:
     return f"rgba(0,150,0,{alpha:.2f})" if value >= 0 else f"rgba(210,0,0,{alpha:.2f})"
 
 
-def write_tokens(out: str, credit: dict, n_examples: int = 8) -> None:
+def write_tokens(out: str, credit: dict, arms: dict[str, Arm], n_examples: int = 8) -> None:
+    """tokens.html: per example, the truths, then each baseline arm's credit and the best weights'."""
     rows = {**credit["truths"], **credit["credit"]}
+    shown = [*credit["truths"], *(name for name, arm in arms.items() if arm.kind == "baseline"), "bo-best"]
     parts = [
         "<html><head><meta charset='utf-8'><title>Token credit</title><style>"
         "body{font-family:sans-serif} td{padding:2px 5px} td.m{font-weight:bold;text-align:right}"
@@ -313,7 +292,7 @@ def write_tokens(out: str, credit: dict, n_examples: int = 8) -> None:
     ]
     for i, tokens in enumerate(credit["tokens"][:n_examples]):
         parts.append(f"<h3>{html.escape(credit['prompts'][i])} …</h3><table>")
-        for method in [m for m in SHOWN if m in rows]:
+        for method in [m for m in dict.fromkeys(shown) if m in rows]:
             values = rows[method][i][: len(tokens)]
             scale = max(abs(v) for v in values) if values else 0.0
             cells = "".join(
@@ -405,17 +384,18 @@ def save_policy(folder: str, policy, tokenizer, config) -> None:
             logging.enable_progress_bar()
 
 
-def write_all(
-    out: str, arms: dict[str, Arm], best_weights: dict, credit: dict, reference: list[dict],
-    saved: list[str] = (), smoke: bool = False,
-) -> str:  # fmt: skip
-    """Write every artifact; return the summary (also saved as summary.md), `saved` the policies kept."""
-    summary = summary_table(arms, best_weights, credit["fidelity"], smoke)
+def write_all(out, arms, best_weights, credit, reference, objective, saved=(), smoke=False) -> str:
+    """Write every artifact; return the summary (also saved as summary.md), `saved` the policies kept.
+
+    arms {name: Arm}, best_weights {component: w}, credit: run.credit_examples', reference: the SFT
+    policy's samples, objective(arm, kind): run.py's J.
+    """
+    summary = summary_table(arms, best_weights, credit["fidelity"], objective, smoke)
     if saved:
         summary += f"\nPolicies saved (save_pretrained, with the tokenizer): {', '.join(saved)}\n"
     with open(os.path.join(out, "summary.md"), "w") as file:
         file.write(summary)
     write_curves(out, arms)
-    write_tokens(out, credit)
+    write_tokens(out, credit, arms)
     write_samples(out, arms, reference)
     return summary

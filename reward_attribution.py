@@ -143,8 +143,10 @@ def coalition_inputs(prompts, pieces, owner, visible, token_reward, mask_string)
     one_to_one = (overlap.sum(2) <= 1).all() and torch.equal(overlap.sum(1), torch.tensor(text))
     mask_ids = tokenizer(mask_string or "", add_special_tokens=False)["input_ids"]
     if not one_to_one or len(mask_ids) != 1:
-        raise ValueError("the RM does not read the policy's tokens one to one (or the mask string is not "
-                         "one RM token): score texts with a RewardFn")  # fmt: skip
+        raise ValueError(
+            "the RM does not read the policy's tokens one to one (or the mask string is not "
+            "one RM token): score texts with a RewardFn"
+        )
     hidden = (overlap[owner] & ~visible[:, None, :]).any(2)  # (N, L) RM tokens of hidden policy tokens
     return encoded["input_ids"][owner].masked_fill(hidden, mask_ids[0]), encoded["attention_mask"][owner]
 
@@ -355,9 +357,14 @@ def lime_library(prompts, pieces, reward_fn, config) -> tuple[torch.Tensor, int]
         values, _ = score_coalitions(prompts, pieces, torch.full((S,), i), visible, reward_fn, config)
         distances = pairwise_distances(masks, masks[:1], metric="cosine").ravel() * 100
         _, coefficients, _, _ = explainer.explain_instance_with_data(
-            masks, values.numpy()[:, None], distances, 0, n, feature_selection="none",
+            masks,
+            values.numpy()[:, None],
+            distances,
+            0,
+            n,
+            feature_selection="none",
             model_regressor=Ridge(alpha=config.lime_ridge_alpha),
-        )  # fmt: skip
+        )
         for feature, coefficient in coefficients:
             beta[i, feature] = coefficient
     return beta.float(), len(lengths) * S
@@ -440,8 +447,17 @@ def attribute_texts(
     return BACKENDS[method, backend](prompts, pieces, reward_fn, config)
 
 
-def attribute(method, tokenizer, prompt_ids, response_ids, response_mask, reward_fn, config=None,
-              reward_model=None, reward_tokenizer=None) -> tuple[torch.Tensor, int]:  # fmt: skip
+def attribute(
+    method,
+    tokenizer,
+    prompt_ids,
+    response_ids,
+    response_mask,
+    reward_fn,
+    config=None,
+    reward_model=None,
+    reward_tokenizer=None,
+) -> tuple[torch.Tensor, int]:
     """Attributions (B, T) over the policy's response tokens, zero outside the mask, and RM rows used.
 
     `response_texts` then `attribute_texts`; to explain one batch by several methods, call

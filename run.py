@@ -19,15 +19,15 @@ arms and trials are kept in the output folder, so an interrupted run picks up wh
 """
 
 import copy
-import glob
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
+from functools import partial
 
 import cli
-from cli import EXPERIMENT_OPTIONS, Options, fail, locked, parse
+from cli import Options, fail, locked, parse
 
 if __name__ == "__main__":  # --help and a malformed option answer before seconds of imports, and the
     cli.pin_numerics(cli.option_parser().parse_args().numerics)  # CPU numerics are set before torch loads
@@ -37,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 import bayes_opt
+import outputs
 import parallel
 import ppo
 import report
@@ -46,13 +47,53 @@ import shaping
 import task
 from report import Arm
 
-BASELINES = {  # arm -> credit weights; RCfD also swaps the reward (see train_arm)
-    "sparse": {"sparse": 1.0}, "uniform": {"uniform": 1.0}, "abc": {"attention": 0.8, "sparse": 0.2},
-    "shap": {"shap": 1.0}, "lime": {"lime": 1.0}, "rcfd": {"sparse": 1.0},
-    "true_shapley": {"true_shapley": 1.0}, "lexicon": {"lexicon": 1.0},  # oracles: the embedded task's truths
-}  # fmt: skip
+
+@dataclass(frozen=True)
+class Training:
+    """What an arm's PPO trains on besides its weights: data the arm carries, never read from its name."""
+
+    reward: str = "rm"
+    """the sequence reward R the credit spreads: 'rm' (f(x, y)) or 'rcfd' (-(f(x, y) - f(x, y_demo))^2)"""
+    kl_penalty: bool = True
+    """False: PPO trains with kl_coef 0 (RCfD, Rita et al. 2024)"""
+
+
+ON_THE_RM = Training()  # the BO's trials and the confirmation arms: R = f(x, y), with the KL penalty
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A fixed arm: its credit weights w_k and how it trains."""
+
+    weights: dict[str, float]
+    """credit weights on the simplex"""
+    training: Training = ON_THE_RM
+    """the reward and the KL penalty it trains with"""
+
+
+BASELINES = {  # and each credit method alone (all_baselines)
+    "sparse": Baseline({"sparse": 1.0}),
+    "uniform": Baseline({"uniform": 1.0}),
+    "abc": Baseline({"attention": 0.8, "sparse": 0.2}),  # ABC, beta = 0.8 (Chan et al. 2024)
+    "rcfd": Baseline({"sparse": 1.0}, Training(reward="rcfd", kl_penalty=False)),  # Rita et al. 2024
+}
 TRIAL_SEED_OFFSET = 100  # trial k trains with seed + 100 + k, apart from the confirmation seeds
 SAMPLE_PROMPTS = 6  # held-out prompts of samples.md
+
+
+def objective(arm: Arm, kind: str = "regularised") -> float:
+    """J(w), what the outer loop maximises, from the held-out curve of the arm that trained with w:
+
+        regularised  J = 1/E sum_{e=1..E} (reward_e - kl_coef KL_e)    (--objective regularised, the default)
+        auc          J = 1/E sum_{e=1..E} reward_e                      (--objective auc)
+
+    over the E held-out evaluations after the start (e = 0 is the SFT policy itself): reward_e the mean
+    RM score of sampled held-out responses, KL_e their mean sequence KL to the reference (k1), kl_coef
+    the run's --kl-coef. The regularised J is the KL-regularised reward PPO itself maximises, so drifting
+    from the reference alone cannot raise it; averaging over the curve keeps "good, and fast" in it.
+    """
+    kl_coef = arm.kl_coef if kind == "regularised" else 0.0
+    return float(np.mean([point["reward"] - kl_coef * point["kl"] for point in arm.curve[1:]]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -109,7 +150,9 @@ def build_setup(options: Options) -> Setup:
         rcfd_reward_fn=shaping.rcfd_reward_fn(reward_fn, the_task.demonstrations) if has_demos else None,
         attribution=reward_attribution.AttributionConfig(
             mask_string,
+            shap_backend=options.shap_backend,
             shap_permutations=options.shap_permutations,
+            lime_backend=options.lime_backend,
             lime_samples=options.lime_samples,
             seed=options.seed,
         ),
@@ -119,32 +162,119 @@ def build_setup(options: Options) -> Setup:
 
 
 # ---------------------------------------------------------------------------------------
+# The credit methods: each one attribution of R over the response tokens, registered once
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Responses:
+    """One batch of responses, as every credit method reads it."""
+
+    prompts: list[str]
+    """the prompt texts"""
+    pieces: list[list[str]]
+    """per response, the text piece of each real token (reward_attribution.response_texts)"""
+    response_ids: torch.Tensor
+    """(B, T) policy token ids"""
+    response_mask: torch.Tensor
+    """(B, T) 1 on real tokens"""
+    explained_fn: Callable | reward_attribution.TokenReward
+    """coalitions -> R, what SHAP and LIME explain: a reward function of texts, or of RM token ids"""
+
+
+def explanation(method: str, setup: Setup, batch: Responses) -> torch.Tensor:
+    """reward_attribution's `method` (SHAP, LIME or attention) explaining R: (B, T)."""
+    values, _ = reward_attribution.attribute_texts(
+        method,
+        batch.prompts,
+        batch.pieces,
+        batch.explained_fn,
+        setup.attribution,
+        setup.task.reward_model,
+        setup.task.reward_tokenizer,
+    )
+    width = batch.response_mask.shape[1] - values.shape[1]  # responses shorter than the batch's T
+    return torch.nn.functional.pad(values, (0, width))  # (B, T)
+
+
+def truth(name: str, setup: Setup, batch: Responses) -> torch.Tensor:
+    """The embedded task's own credit `name` (no explainer: the game its RM was trained on): (B, T)."""
+    return task.true_credit(setup.task, name, batch.prompts, batch.response_ids, batch.response_mask)
+
+
+@dataclass(frozen=True)
+class CreditMethod:
+    """How one credit component is estimated; registered in CREDIT_METHODS, it is a --components entry
+    (a weight the BO searches) and, unless its record says otherwise, a baseline of its name."""
+
+    attribute: Callable[[Setup, Responses], torch.Tensor]
+    """(setup, batch) -> attributions (B, T), zero outside the response mask"""
+    shares: bool = False
+    """alpha_t >= 0, renormalised: c_t = alpha_t R; else reward units, completed by the residual"""
+    oracle: bool = False
+    """the embedded task's truth: a real model pair has none"""
+    baseline: bool = True
+    """also a baseline arm trained on this component alone"""
+
+
+CREDIT_METHODS = {
+    "attention": CreditMethod(partial(explanation, "attention"), shares=True, baseline=False),  # ABC's
+    "shap": CreditMethod(partial(explanation, "shap")),
+    "lime": CreditMethod(partial(explanation, "lime")),
+    "true_shapley": CreditMethod(partial(truth, "true_shapley"), oracle=True),
+    "lexicon": CreditMethod(partial(truth, "lexicon"), oracle=True),
+}
+
+
+def all_baselines() -> dict[str, Baseline]:
+    """BASELINES, then each credit method alone (where its record makes it a baseline)."""
+    alone = {name: Baseline({name: 1.0}) for name, method in CREDIT_METHODS.items() if method.baseline}
+    return BASELINES | alone
+
+
+def credit_names() -> tuple[str, ...]:
+    """Every credit component a weight may name: shaping's built-in ones and the registered methods."""
+    return (*shaping.BUILT_IN, *CREDIT_METHODS)
+
+
+# ---------------------------------------------------------------------------------------
 # The reward: score -> explanations -> per-token shaped reward
 # ---------------------------------------------------------------------------------------
-def reward_components(setup: Setup, prompt_ids, response_ids, response_mask, methods, rcfd=False):
+def reward_components(setup: Setup, prompt_ids, response_ids, response_mask, methods, reward="rm"):
     """Credit components c^k (each (B, T), summing to R) for the explanations in `methods`, and f(x, y) (B,).
 
-    R is f(x, y), or with `rcfd` the RCfD score -(f(x, y) - f(x, y_demo))^2, which SHAP and LIME explain.
+    R is f(x, y) (reward 'rm'), or the RCfD score -(f(x, y) - f(x, y_demo))^2 (reward 'rcfd'), which
+    SHAP and LIME then explain.
     """
     prompts, pieces = reward_attribution.response_texts(
         setup.tokenizer, prompt_ids, response_ids, response_mask
     )
     responses = ["".join(row) for row in pieces]
-    scores = setup.reward_fn(prompts, responses)  # (B,)
-    explained_fn = setup.rcfd_reward_fn if rcfd else setup.token_reward or setup.reward_fn  # coalitions -> R
-    sequence_reward = explained_fn(prompts, responses) if rcfd else scores  # (B,)
-    attributions = {}
-    for method in methods:
-        if method in shaping.TRUTHS:  # no explainer: the credit of the game the RM was trained on
-            attributions[method] = task.true_credit(setup.task, method, prompts, response_ids, response_mask)
-            continue
-        values, _ = reward_attribution.attribute_texts(
-            method, prompts, pieces, explained_fn, setup.attribution,
-            setup.task.reward_model, setup.task.reward_tokenizer,
-        )  # fmt: skip
-        width = response_mask.shape[1] - values.shape[1]  # responses shorter than the batch's T
-        attributions[method] = torch.nn.functional.pad(values, (0, width))  # (B, T)
-    return shaping.credit_components(sequence_reward, response_mask, attributions), scores
+    scores = setup.reward_fn(prompts, responses)  # (B,) f(x, y)
+    explained_fn = setup.token_reward or setup.reward_fn  # coalitions -> R
+    sequence_reward = scores  # (B,) R
+    if reward == "rcfd":
+        explained_fn = setup.rcfd_reward_fn
+        sequence_reward = explained_fn(prompts, responses)
+    batch = Responses(prompts, pieces, response_ids, response_mask, explained_fn)
+    attributions = {name: CREDIT_METHODS[name].attribute(setup, batch) for name in methods}  # (B, T) each
+    shares = tuple(name for name, method in CREDIT_METHODS.items() if method.shares)
+    return shaping.credit_components(sequence_reward, response_mask, attributions, shares), scores
+
+
+# ---------------------------------------------------------------------------------------
+# Held-out evaluation: reward and KL to the reference
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Scored:
+    """Responses to held-out prompts as texts, with their RM scores and sequence KL to the reference."""
+
+    responses: list[str]
+    """the response texts"""
+    scores: torch.Tensor
+    """f(x, y) (B,)"""
+    kl: torch.Tensor
+    """sum_t k1_t (B,), k1 = log(pi / pi_ref) (ppo.kl_per_token)"""
+    kl_k3: torch.Tensor
+    """sum_t k3_t (B,), k3 = (rho - 1) - log(rho), rho = pi_ref / pi"""
 
 
 @torch.no_grad()
@@ -152,30 +282,39 @@ def evaluate(trainer: ppo.PPOTrainer, setup: Setup, options: Options) -> dict[st
     """Held-out reward and KL on the first `eval_prompts` held-out prompts.
 
     reward: mean RM score of sampled responses. KL: mean sequence KL of the same responses to
-    the reference, estimated under the sampling distribution (Schulman 2020):
-        k1 = sum_t log(pi / pi_ref),    k3 = sum_t (rho - 1) - log(rho),  rho = pi_ref / pi.
+    the reference, estimated under the sampling distribution, k1 and k3 (Schulman 2020).
     """
     prompts = setup.task.val_prompts[: options.eval_prompts]
     enc = setup.tokenizer(prompts, return_tensors="pt", padding=True)
-    responses = trainer.generate(enc["input_ids"], enc["attention_mask"])
-    tokens = (enc["input_ids"], enc["attention_mask"], *responses)
-    _, scores, kl, k3 = scored(setup, trainer.policy, trainer.ref_policy, trainer.config, prompts, tokens)
-    return {"reward": scores.mean().item(), "kl": kl.mean().item(), "kl_k3": k3.mean().item()}
+    prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]  # (B, P) each
+    response_ids, response_mask = trainer.generate(prompt_ids, prompt_mask)  # (B, T) each
+    policies = (trainer.policy, trainer.ref_policy)
+    responses = (prompt_ids, prompt_mask, response_ids, response_mask)
+    result = scored(setup, *policies, trainer.config, prompts, *responses)
+    return {
+        "reward": result.scores.mean().item(),
+        "kl": result.kl.mean().item(),
+        "kl_k3": result.kl_k3.mean().item(),
+    }
 
 
 @torch.no_grad()
-def scored(setup: Setup, policy, ref_policy, config: ppo.PPOConfig, prompts: list[str], tokens: tuple):
-    """Responses (tokens: CPU prompt_ids, prompt_mask, response_ids, response_mask) as texts, with their
-    RM scores f(x, y) (B,) and their sequence KL to the reference, k1 and k3 (B,)."""
-    _, pieces = reward_attribution.response_texts(setup.tokenizer, tokens[0], *tokens[2:])
+def scored(
+    setup: Setup, policy, ref_policy, config, prompts, prompt_ids, prompt_mask, response_ids, response_mask
+) -> Scored:
+    """Responses (CPU tensors) as texts, with their RM scores f(x, y) and sequence KL to the reference."""
+    _, pieces = reward_attribution.response_texts(setup.tokenizer, prompt_ids, response_ids, response_mask)
     responses = ["".join(p) for p in pieces]
-    batch = [t.to(next(policy.parameters()).device) for t in tokens]
+    device = next(policy.parameters()).device
+    tokens = [t.to(device) for t in (prompt_ids, prompt_mask, response_ids, response_mask)]
+    mask = tokens[3]  # (B, T) response_mask on the policy's device
     drawn_as = ppo.drawn_as(config, setup.tokenizer.eos_token_id)
-    logprobs, _, _ = ppo.response_logprobs(policy, *batch, **drawn_as)  # (B, T)
-    ref_logprobs, _, _ = ppo.response_logprobs(ref_policy, *batch, **drawn_as)
-    log_ratio = (logprobs - ref_logprobs) * batch[3]  # (B, T), zero outside the response
-    k3 = ((-log_ratio).exp() - 1 + log_ratio) * batch[3]  # (B, T)
-    return responses, setup.reward_fn(prompts, responses), log_ratio.sum(1), k3.sum(1)
+    logprobs, _, _ = ppo.response_logprobs(policy, *tokens, **drawn_as)  # (B, T)
+    ref_logprobs, _, _ = ppo.response_logprobs(ref_policy, *tokens, **drawn_as)  # (B, T)
+    k1 = ppo.kl_per_token(logprobs, ref_logprobs, mask, "k1")  # (B, T)
+    k3 = ppo.kl_per_token(logprobs, ref_logprobs, mask, "k3")  # (B, T)
+    scores = setup.reward_fn(prompts, responses)  # (B,)
+    return Scored(responses, scores, k1.sum(1), k3.sum(1))
 
 
 def samples(setup: Setup, policy, config: ppo.PPOConfig, seed: int) -> list[dict]:
@@ -183,32 +322,38 @@ def samples(setup: Setup, policy, config: ppo.PPOConfig, seed: int) -> list[dict
     KL, drawn by a generator seeded by `seed` (the same draws for every policy; the training RNG untouched)"""
     prompts = setup.task.val_prompts[:SAMPLE_PROMPTS]
     enc = setup.tokenizer(prompts, return_tensors="pt", padding=True)
+    prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]  # (B, P) each
     device = next(policy.parameters()).device
-    prompt, generator = [enc[k].to(device) for k in ("input_ids", "attention_mask")], torch.Generator(device)
+    generator = torch.Generator(device).manual_seed(seed)
     pad, eos = setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id
-    responses = ppo.sample(policy, *prompt, config, pad, eos, generator=generator.manual_seed(seed))
-    tokens = (enc["input_ids"], enc["attention_mask"], *(t.cpu() for t in responses))
-    texts, scores, kl, _ = scored(setup, policy, setup.task.policy, config, prompts, tokens)
-    last = tokens[2].gather(1, tokens[3].sum(1, keepdim=True) - 1).squeeze(1)  # (B,) each one's last token
-    ends = (last == eos).tolist()
-    return [dict(prompt=p, response=r, eos=e, score=s, kl=k)
-            for p, r, e, s, k in zip(prompts, texts, ends, scores.tolist(), kl.tolist())]  # fmt: skip
+    on_device = (prompt_ids.to(device), prompt_mask.to(device))
+    response_ids, response_mask = ppo.sample(policy, *on_device, config, pad, eos, generator=generator)
+    response_ids, response_mask = response_ids.cpu(), response_mask.cpu()  # (B, T) each
+    responses = (prompt_ids, prompt_mask, response_ids, response_mask)
+    result = scored(setup, policy, setup.task.policy, config, prompts, *responses)
+    last = response_mask.sum(1, keepdim=True) - 1  # (B, 1) each response's last position
+    ends = (response_ids.gather(1, last).squeeze(1) == eos).tolist()  # (B,) it ended with EOS
+    rows = zip(prompts, result.responses, ends, result.scores.tolist(), result.kl.tolist())
+    return [dict(prompt=p, response=r, eos=e, score=s, kl=k) for p, r, e, s, k in rows]
 
 
 # ---------------------------------------------------------------------------------------
 # The inner loop: one PPO run from the SFT reference
 # ---------------------------------------------------------------------------------------
-def train_arm(arm: Arm, setup: Setup, options: Options, rcfd: bool = False) -> Arm:
-    """Train a fresh policy on the shaped reward r'(w); fill in (and keep) the arm's curve and samples."""
+def train_arm(arm: Arm, training: Training, setup: Setup, options: Options) -> Arm:
+    """Train a fresh policy on the shaped reward r'_t(w); fill in (and keep) the arm's curve and samples.
+
+    r'_t(w) = sum_k w_k c^k_t          (shaping.shape; c^k spread R, training.reward)
+    PPO on r'_t - kl_coef KL_t          (ppo.py; kl_coef 0 without training.kl_penalty)
+    """
     config = replace(setup.ppo_config, seed=arm.seed)
-    if rcfd:  # RCfD trains with no KL term (Rita et al. 2024)
+    if not training.kl_penalty:
         config = replace(config, kl_coef=0.0, target_kl=None)
-    trainer = ppo.PPOTrainer(
-        copy.deepcopy(setup.task.policy), config, setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id,
-        ref_policy=setup.task.policy,
-    )  # fmt: skip
+    pad, eos = setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id
+    policy = copy.deepcopy(setup.task.policy)
+    trainer = ppo.PPOTrainer(policy, config, pad, eos, ref_policy=setup.task.policy)
     rng = np.random.default_rng(arm.seed)
-    methods = [m for m in shaping.ATTRIBUTIONS if arm.weights.get(m, 0) > 0]  # explanations cost RM rows
+    methods = [m for m in CREDIT_METHODS if arm.weights.get(m, 0) > 0]  # explanations cost RM rows
     scalars = report.Scalars(os.path.join(options.out, "tensorboard", arm.name), on=options.tensorboard)
     train_kl, start = 0.0, time.time()
     for iteration in tqdm(range(options.iterations + 1), desc=arm.name, leave=False, disable=None):
@@ -226,90 +371,90 @@ def train_arm(arm: Arm, setup: Setup, options: Options, rcfd: bool = False) -> A
         rollout = trainer.rollout(enc["input_ids"], enc["attention_mask"])
         prompt_ids, response_ids = rollout.prompt_ids.cpu(), rollout.response_ids.cpu()  # (B, P), (B, T)
         response_mask = rollout.response_mask.cpu()  # (B, T)
-        components, scores = reward_components(setup, prompt_ids, response_ids, response_mask, methods, rcfd)
-        stats = trainer.update(rollout, shaping.shape(components, arm.weights), scores)
+        responses = (prompt_ids, response_ids, response_mask)
+        components, scores = reward_components(setup, *responses, methods, training.reward)
+        token_rewards = shaping.shape(components, arm.weights)  # (B, T) r'_t(w)
+        stats = trainer.update(rollout, token_rewards, scores)
         scalars.add("train", {"reward" if k == "score" else k: v for k, v in stats.items()}, iteration + 1)
         train_kl = stats["kl"]
     arm.seconds = time.time() - start
     scalars.close()
     arm.samples = samples(setup, trainer.policy, config, options.seed)
-    if saves_policy(arm, options):
-        report.save_policy(policy_path(options, arm.name), trainer.policy, setup.tokenizer, config)
-    report.write_json(arm_path(options, arm.name), arm.to_json())
+    if outputs.saves_policy(arm, options):
+        report.save_policy(outputs.policy_path(options, arm.name), trainer.policy, setup.tokenizer, config)
+    report.write_json(outputs.arm_path(options, arm.name), arm.to_json())
     return arm
-
-
-def finished_or_trained(arm: Arm, setup: Setup, options: Options, rcfd: bool = False) -> Arm:
-    """The arm's file from an earlier, interrupted run if it holds these weights and seed (and its saved
-    policy where --save-policy asks for one); else train it."""
-    path, kept = arm_path(options, arm.name), os.path.isdir(policy_path(options, arm.name))
-    if os.path.exists(path) and (kept or not saves_policy(arm, options)):
-        finished = Arm.from_json(report.read_json(path))
-        if finished.weights == arm.weights and finished.seed == arm.seed:
-            return finished
-    return train_arm(arm, setup, options, rcfd)
 
 
 # ---------------------------------------------------------------------------------------
 # The outer loop, with the baselines before it and the confirmation after it
 # ---------------------------------------------------------------------------------------
 def experiment(setup: Setup, options: Options) -> dict:
-    """Baselines, the BO loop, confirmation and report, over the arms the folder does not hold yet."""
-    new_arm = dict(kl_coef=options.kl_coef)
-    with parallel.workers(options, setup, build_setup, finished_or_trained) as workers:
-        # 1. Baselines: each a full PPO run from the SFT reference with the same budget.
-        baselines = {name: BASELINES[name] for name in options.baselines.split(",") if name}
-        if "rcfd" in baselines and setup.rcfd_reward_fn is None:
-            print("RCfD skipped: not every training prompt has a demonstration")
-            del baselines["rcfd"]
-        if options.weights is not None:
-            baselines["custom"] = report.read_json(options.weights)
-        batch = [Arm(name, "baseline", name, w, options.seed, **new_arm) for name, w in baselines.items()]
-        arms = {arm.name: arm for arm in workers.train(batch, rcfd=("rcfd",))}
+    """Baselines, the BO loop, confirmation and report.
 
-        # 2. Bayesian optimisation of the weights: ask a batch -> train fresh policies -> tell J(w). The
-        #    baselines on the same simplex (same seed and budget) are told first, as free observations of J.
+    workers.train(train_arm, batch) calls train_arm(arm, training, setup, options) for each (arm, training)
+    of the batch, in this process or in workers (parallel.py), and returns the arms in the batch's order;
+    an arm whose file an interrupted run left (same weights and seed) is read back instead (finished_arm).
+    """
+    kl_coef = options.kl_coef
+    with parallel.workers(options, setup, build_setup, outputs.finished_arm) as workers:
+        # 1. Baselines: each a full PPO run from the SFT reference with the same budget.
+        baselines = chosen_baselines(setup, options)
+        batch = [
+            (Arm(name, "baseline", name, b.weights, options.seed, kl_coef), b.training)
+            for name, b in baselines.items()
+        ]
+        arms = {arm.name: arm for arm in workers.train(train_arm, batch)}
+
+        # 2. Bayesian optimisation of the weights: ask w -> train a fresh policy on r'(w) -> tell J(w).
         components = options.components.split(",")
         optimizer = bayes_opt.BayesOpt(components, os.path.join(options.out, "trials.jsonl"), options.seed)
-        told = {trial["info"]["arm"] for trial in optimizer.trials}
-        for name, arm in arms.items():
-            if name != "rcfd" and name not in told and set(arm.weights) <= set(components):
-                tell(optimizer, components, arm, options)
-        n_baselines = sum(trial["info"]["arm"] in baselines for trial in optimizer.trials)
-        for name in [trial["info"]["arm"] for trial in optimizer.trials[n_baselines:]]:  # before a resume
-            arms[name] = Arm.from_json(report.read_json(arm_path(options, name)))
-        while (k := len(optimizer.trials) - n_baselines) < options.trials:
-            # Trial k: its own seed (J(w) is noisy over seeds, which the GP models), named by its log line.
-            asked = optimizer.ask(min(options.bo_batch, options.trials - k))
-            batch = [Arm(f"trial-{n_baselines + k + j}", "trial", "trial", w, options.seed + TRIAL_SEED_OFFSET
-                         + k + j, **new_arm) for j, w in enumerate(asked)]  # fmt: skip
-            for arm in workers.train(batch):  # told in the order asked
+        first = tell_baselines(optimizer, arms, baselines, options)  # free observations of J (same budget)
+        arms |= outputs.finished_trials(optimizer, first, options)  # the trials of an interrupted run
+        while (k := len(optimizer.trials) - first) < options.trials:
+            asked = optimizer.ask(min(options.bo_batch, options.trials - k))  # a batch of weights w
+            batch = []
+            for j, weights in enumerate(asked):  # trial k + j: a seed of its own (J is noisy over seeds)
+                seed = options.seed + TRIAL_SEED_OFFSET + k + j
+                name = f"trial-{first + k + j}"  # its line in trials.jsonl
+                batch.append((Arm(name, "trial", "trial", weights, seed, kl_coef), ON_THE_RM))
+            for arm in workers.train(train_arm, batch):  # told in the order asked
                 arms[arm.name] = arm
-                tell(optimizer, components, arm, options)
+                tell(optimizer, arm, options)
         best_weights, _ = optimizer.best()
 
         # 3. Confirm: the best weights and sparse again, at fresh seeds.
         fresh_seeds = range(options.seed + 1, options.seed + 1 + options.confirm_seeds)
-        groups = [("bo-best", best_weights), ("sparse", BASELINES["sparse"])]
-        batch = [Arm(f"{g}-seed{s}", "confirm", g, w, s, **new_arm) for s in fresh_seeds for g, w in groups]
-        arms |= {arm.name: arm for arm in workers.train(batch)}
+        groups = [("bo-best", best_weights), ("sparse", BASELINES["sparse"].weights)]
+        batch = [
+            (Arm(f"{g}-seed{s}", "confirm", g, w, s, kl_coef), ON_THE_RM)
+            for s in fresh_seeds
+            for g, w in groups
+        ]
+        arms |= {arm.name: arm for arm in workers.train(train_arm, batch)}
 
     # 4. Report: tables, curves, the frontier and the credit every method gives each token.
-    arm_weights = {name: arm.weights for name, arm in arms.items() if name != "rcfd"}  # RCfD explains R_cfd
+    own_reward = {name for name, b in baselines.items() if b.training.reward != "rm"}  # RCfD explains R_cfd
+    arm_weights = {name: arm.weights for name, arm in arms.items() if name not in own_reward}
     credit = credit_examples(setup, options, {**arm_weights, "bo-best": best_weights})
     reference = samples(setup, setup.task.policy, setup.ppo_config, options.seed)  # what the arms start from
-    saved = [policy_path(options, name) for name, arm in arms.items() if saves_policy(arm, options)]
-    summary = report.write_all(options.out, arms, best_weights, credit, reference, saved, options.quick)
+    saved = [
+        outputs.policy_path(options, name) for name, arm in arms.items() if outputs.saves_policy(arm, options)
+    ]
+    summary = report.write_all(
+        options.out, arms, best_weights, credit, reference, objective, saved, options.quick
+    )
     print(summary)
     print(f"results in {options.out}: summary.md, samples.md, tokens.html, curves.csv/png, frontier.png")
     return {"arms": arms, "best_weights": best_weights}
 
 
-def tell(optimizer: bayes_opt.BayesOpt, components: list[str], arm: Arm, options: Options) -> None:
+def tell(optimizer: bayes_opt.BayesOpt, arm: Arm, options: Options) -> None:
     """Tell the BO J(w) of one finished arm (--objective); the trial log records both objectives."""
-    value = arm.objective if options.objective == "regularised" else arm.auc
-    info = dict(arm=arm.name, regularised=arm.objective, auc=arm.auc, final=arm.final, kl=arm.final_kl)
-    optimizer.tell({c: arm.weights.get(c, 0.0) for c in components}, value, info=info)
+    regularised, auc = objective(arm, "regularised"), objective(arm, "auc")
+    info = dict(arm=arm.name, regularised=regularised, auc=auc, final=arm.final, kl=arm.final_kl)
+    weights = {c: arm.weights.get(c, 0.0) for c in optimizer.names}
+    optimizer.tell(weights, info[options.objective], info=info)
 
 
 def credit_examples(setup: Setup, options: Options, arm_weights: dict) -> dict:
@@ -325,12 +470,13 @@ def credit_examples(setup: Setup, options: Options, arm_weights: dict) -> dict:
     enc = setup.tokenizer(prompts, return_tensors="pt", padding=True)
     device = next(setup.task.policy.parameters()).device  # on a GPU once a PPO run used it as its reference
     generator = torch.Generator(device).manual_seed(options.seed)
+    pad, eos = setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id
+    prompt_ids, prompt_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # (B, P) each
     response_ids, response_mask = ppo.sample(
-        setup.task.policy, enc["input_ids"].to(device), enc["attention_mask"].to(device), setup.ppo_config,
-        setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id, generator=generator,
-    )  # fmt: skip
+        setup.task.policy, prompt_ids, prompt_mask, setup.ppo_config, pad, eos, generator=generator
+    )
     response_ids, response_mask = response_ids.cpu(), response_mask.cpu()
-    methods = [m for m in shaping.ATTRIBUTIONS if setup.task.embedded or m not in shaping.TRUTHS]
+    methods = [name for name, m in CREDIT_METHODS.items() if setup.task.embedded or not m.oracle]
     components, _ = reward_components(setup, enc["input_ids"], response_ids, response_mask, methods)
     credit = {name: shaping.shape(components, w) for name, w in arm_weights.items()}  # (B, T) each
     lengths = response_mask.sum(1).tolist()
@@ -368,42 +514,46 @@ def main(argv=None) -> dict:
     if too_long := task.position_error(setup.task, options.max_new_tokens):  # before the folder is claimed
         fail(too_long)
     with locked(options.out):
-        claim_output_folder(options)  # only once the models and prompts have loaded
+        outputs.claim_output_folder(options)  # only once the models and prompts have loaded
         return experiment(setup, options)
 
 
 def parse_options(argv=None) -> Options:
     """Parse and check every option before any work: argparse's exit code 2 and one line."""
     parser, options = parse(argv)  # each check that needs the options alone, in cli.py
-    checks = [
-        (options.ray_address is None or parallel.has_ray(), "--ray-address needs ray: pip install ray"),
-        (not options.tensorboard or report.has_tensorboard(), "--tensorboard needs tensorboard: pip install "
-         "tensorboard"),
-    ]  # fmt: skip
-    for ok, message in checks:
-        if not ok:
-            parser.error(message)
+    if options.ray_address is not None and not parallel.has_ray():
+        parser.error("--ray-address needs ray: pip install ray")
+    if options.tensorboard and not report.has_tensorboard():
+        parser.error("--tensorboard needs tensorboard: pip install tensorboard")
     try:  # every PPO setting, checked by PPOConfig itself (the device included: one line, before any work)
         ppo.PPOConfig(**{name: getattr(options, name) for name in cli.PPO_OPTIONS})
     except ValueError as error:
         parser.error(f"PPO settings: {error}")
+    try:  # the explainers' settings, checked by AttributionConfig itself
+        explainers = ("shap_backend", "shap_permutations", "lime_backend", "lime_samples")
+        reward_attribution.AttributionConfig(**{name: getattr(options, name) for name in explainers})
+    except ValueError as error:
+        parser.error(f"explainer settings: {error}")
     for name in options.components.split(","):
-        if name not in shaping.COMPONENTS:
-            parser.error(f"unknown credit component {name!r} in --components; expected {shaping.COMPONENTS}")
+        if name not in credit_names():
+            parser.error(f"unknown credit component {name!r} in --components; expected {credit_names()}")
     for name in options.baselines.split(","):
-        if name and name not in BASELINES:
-            parser.error(f"unknown baseline {name!r} in --baselines; expected some of {tuple(BASELINES)}")
+        if name and name not in all_baselines():
+            parser.error(
+                f"unknown baseline {name!r} in --baselines; expected some of {tuple(all_baselines())}"
+            )
     for path, what in [(options.prompts, "--prompts"), (options.weights, "--weights")]:
         if path is not None and not os.path.isfile(path):
             parser.error(f"{what} file {path!r} does not exist")
-    weights = [BASELINES[name] for name in options.baselines.split(",") if name]
+    weights = [all_baselines()[name].weights for name in options.baselines.split(",") if name]
     if options.weights is not None:
         try:
             weights.append(report.read_json(options.weights))
-            shaping.check_weights(weights[-1])
+            shaping.check_weights(weights[-1], credit_names())
         except (ValueError, AttributeError) as error:
             parser.error(f"--weights file {options.weights!r}: {error}")
-    oracles = sorted({*options.components.split(","), *(c for w in weights for c in w)} & set(shaping.TRUTHS))
+    truths = {name for name, method in CREDIT_METHODS.items() if method.oracle}
+    oracles = sorted({*options.components.split(","), *(c for w in weights for c in w)} & truths)
     if oracles and (options.policy, options.reward_model, options.prompts) != (None, None, None):
         parser.error(f"credit {oracles} is the embedded task's truth: a real model pair has none")
     for name in (options.save_policy or "").split(","):
@@ -412,42 +562,46 @@ def parse_options(argv=None) -> Options:
     return options
 
 
-def arm_path(options: Options, name: str) -> str:
-    return os.path.join(options.out, "arms", f"{name}.json")
-
-
-def policy_path(options: Options, name: str) -> str:
-    return os.path.join(options.out, "policies", name)
-
-
-def saves_policy(arm: Arm, options: Options) -> bool:
-    """--save-policy: the bo-best confirmation arms, and the arms it names."""
-    names = (options.save_policy or "").split(",")
-    return options.save_policy is not None and (arm.name in names or arm.group == "bo-best")
-
-
 def arm_names(options: Options) -> list[str]:
     """The arms a run with these options trains (as experiment() names them; RCfD even where skipped)."""
-    baselines = [name for name in options.baselines.split(",") if name] + ["custom"] * bool(options.weights)
-    weights = BASELINES | {"custom": report.read_json(options.weights) if options.weights else {}}
-    told = sum(n != "rcfd" and set(weights[n]) <= set(options.components.split(",")) for n in baselines)
+    baselines = named_baselines(options)
+    told = sum(on_the_simplex(b, options.components.split(",")) for b in baselines.values())
     seeds = range(options.seed + 1, options.seed + 1 + options.confirm_seeds)
     confirm = [f"{group}-seed{seed}" for seed in seeds for group in ("bo-best", "sparse")]
-    return baselines + [f"trial-{told + k}" for k in range(options.trials)] + confirm
+    return [*baselines, *(f"trial-{told + k}" for k in range(options.trials)), *confirm]
 
 
-def claim_output_folder(options: Options) -> None:
-    """Write config.json, or exit if the folder holds finished arms trained with other options."""
-    config_path = os.path.join(options.out, "config.json")
-    finished = glob.glob(os.path.join(options.out, "arms", "*.json"))
-    if os.path.exists(config_path) and finished:
-        now = asdict(options)
-        before = asdict(Options()) | report.read_json(config_path)  # a newer option ran at its default
-        changed = {k: (before[k], now[k]) for k in EXPERIMENT_OPTIONS if before[k] != now[k]}
-        if changed:
-            fail(f"{options.out!r} holds a run with other options {changed} (old, new); pick another --out")
-        print(f"resuming: {len(finished)} finished arms found in {options.out}")
-    report.write_json(config_path, asdict(options))
+def named_baselines(options: Options) -> dict[str, Baseline]:
+    """The baselines of --baselines, and --weights' as 'custom'."""
+    baselines = {name: all_baselines()[name] for name in options.baselines.split(",") if name}
+    if options.weights is not None:
+        baselines["custom"] = Baseline(report.read_json(options.weights))
+    return baselines
+
+
+def chosen_baselines(setup: Setup, options: Options) -> dict[str, Baseline]:
+    """named_baselines, less those whose reward this task cannot give (RCfD without demonstrations)."""
+    baselines = named_baselines(options)
+    for name, baseline in list(baselines.items()):
+        if baseline.training.reward == "rcfd" and setup.rcfd_reward_fn is None:
+            print(f"{name} skipped: RCfD needs a demonstration for every training prompt")
+            del baselines[name]
+    return baselines
+
+
+def on_the_simplex(baseline: Baseline, components: list[str]) -> bool:
+    """Whether the BO could have asked for this baseline: trained as its trials are, on its components."""
+    return baseline.training == ON_THE_RM and set(baseline.weights) <= set(components)
+
+
+def tell_baselines(optimizer, arms: dict[str, Arm], baselines: dict[str, Baseline], options) -> int:
+    """Tell the BO the J of each baseline on its simplex that its log does not hold yet (a resumed run
+    told them before); return how many of the log's trials are baselines: the first trial's number."""
+    told = {trial["info"]["arm"] for trial in optimizer.trials}
+    for name, arm in arms.items():
+        if name not in told and on_the_simplex(baselines[name], optimizer.names):
+            tell(optimizer, arm, options)
+    return sum(trial["info"]["arm"] in baselines for trial in optimizer.trials)
 
 
 if __name__ == "__main__":

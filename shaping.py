@@ -5,11 +5,10 @@ exactly (docs/method.md, section 3); for response i with T_i real tokens:
 
     sparse     c_t = R [t == T_i]                      (standard RLHF)
     uniform    c_t = R / T_i
-    attention  c_t = alpha_t R                         (ABC, Chan et al. 2024)
-    shap       c_t = phi_t  + (R - sum_j phi_j)  [t == T_i]
-    lime       c_t = beta_t + (R - sum_j beta_j) [t == T_i]
-    true_shapley, lexicon   the same, from the embedded task's truths (exact Shapley values of its
-               sentiment game, the lexicon's signed scores): dense credit that is exactly right
+    and one per attribution a caller gives, of one of two kinds:
+    shares     c_t = alpha_t R, alpha >= 0 renormalised    (attention: ABC, Chan et al. 2024)
+    additive   c_t = a_t + (R - sum_j a_j) [t == T_i]      (in reward units: SHAP's phi, LIME's beta,
+               or any other estimate of each token's part of R)
 
 The shaped reward mixes them with weights on the simplex (Koo et al. 2025, r' = W^T E r):
 
@@ -38,9 +37,7 @@ from collections.abc import Callable
 
 import torch
 
-COMPONENTS = ("sparse", "uniform", "attention", "shap", "lime", "true_shapley", "lexicon")
-ATTRIBUTIONS = ("attention", "shap", "lime", "true_shapley", "lexicon")  # from an explanation or a truth
-TRUTHS = ("true_shapley", "lexicon")  # the embedded task's own credit (no explainer): oracles
+BUILT_IN = ("sparse", "uniform")  # the components every call gives; attributions add their own
 SIMPLEX_TOLERANCE = 1e-6  # on the simplex: every w_k >= -tol and |sum_k w_k - 1| <= tol (as bayes_opt)
 
 
@@ -53,15 +50,16 @@ def check_finite(scores: torch.Tensor, what: str) -> None:
         )
 
 
-def check_weights(weights: dict[str, float]) -> None:
-    """Weights must name known components and lie on the simplex: w_k >= 0, sum_k w_k = 1.
+def check_weights(weights: dict[str, float], names: tuple[str, ...] | None = None) -> None:
+    """Weights must lie on the simplex, w_k >= 0, sum_k w_k = 1, and name components among `names`
+    (None: any name; `shape` checks the names against the components it is given).
 
     Both within SIMPLEX_TOLERANCE (w_k >= -1e-6, |sum - 1| <= 1e-6), the definition
     bayes_opt.py uses too, so weights a BO proposes are always accepted here.
     """
-    unknown = sorted(set(weights) - set(COMPONENTS))
+    unknown = sorted(set(weights) - set(names or weights))
     if unknown:
-        raise ValueError(f"unknown credit component(s) {unknown}; expected names among {COMPONENTS}")
+        raise ValueError(f"unknown credit component(s) {unknown}; expected names among {names}")
     values = torch.tensor([float(w) for w in weights.values()], dtype=torch.float64)
     if (
         len(values) == 0
@@ -117,15 +115,18 @@ def rcfd_reward_fn(
 
 
 def credit_components(
-    scores: torch.Tensor, response_mask: torch.Tensor, attributions: dict[str, torch.Tensor] | None = None
+    scores: torch.Tensor,
+    response_mask: torch.Tensor,
+    attributions: dict[str, torch.Tensor] | None = None,
+    shares: tuple[str, ...] = ("attention",),
 ) -> dict[str, torch.Tensor]:
     """Every available credit component (B, T), each summing to R per response, zero outside the mask.
 
-    Always "sparse" and "uniform"; plus one per attribution given: "attention" (alpha >= 0,
-    renormalised to sum 1 over the response) and "shap"/"lime"/"true_shapley"/"lexicon" (in reward
-    units, completed by the residual on the last real token). A response whose attention is all
-    zero gets the sparse credit: no information about the tokens, so no redistribution
-    (SHAP/LIME rows of zeros reduce to sparse the same way, through the residual).
+    Always "sparse" and "uniform"; plus one per attribution given, under its name: those named in
+    `shares` (attention) are alpha >= 0, renormalised to sum 1 over the response; the others are in
+    reward units (SHAP, LIME), completed by the residual on the last real token. A response whose
+    shares are all zero gets the sparse credit: no information about the tokens, so no redistribution
+    (additive rows of zeros reduce to sparse the same way, through the residual).
     """
     scores = torch.as_tensor(scores, dtype=torch.float32)
     if scores.ndim != 1 or response_mask.ndim != 2 or response_mask.shape[0] != scores.shape[0]:
@@ -144,17 +145,19 @@ def credit_components(
     )  # (B, T) 1 on T_i
     components = {"sparse": scores[:, None] * last, "uniform": scores[:, None] * mask / lengths[:, None]}
     for name, values in attributions.items():
-        if name not in ATTRIBUTIONS:
-            raise ValueError(f"unknown attribution {name!r}; expected one of {ATTRIBUTIONS}")
+        if name in components:
+            raise ValueError(
+                f"attribution {name!r} has the name of a built-in component; expected none of {BUILT_IN}"
+            )
         if values.shape != mask.shape:
             raise ValueError(
                 f"attribution {name!r} has shape {tuple(values.shape)}; expected {tuple(mask.shape)}"
             )
         values = values.float() * mask
         check_finite(values.sum(1), f"the {name} attribution")
-        if name == "attention":
+        if name in shares:
             if (values < 0).any():
-                raise ValueError("attention weights must be >= 0; got a negative value")
+                raise ValueError(f"{name} shares must be >= 0; got a negative value")
             total = values.sum(1, keepdim=True)
             alpha = torch.where(total > 0, values / total.clamp_min(1e-30), last)
             components[name] = alpha * scores[:, None]

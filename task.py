@@ -110,8 +110,9 @@ def train_reward_model(reviews: list[list[str]], tokenizer, config: TaskConfig, 
     """A tiny BERT classifier whose margin `logit_pos - logit_neg` is regressed (MSE) onto the sentiment
     of what stays visible of randomly [UNK]-masked reviews (`review_value`): a graded reward whose sign
     is the label (cross-entropy learns the sign far slower at this size)."""
-    size = dict(vocab_size=len(VOCABULARY), max_position_embeddings=config.positions(), pad_token_id=0,
-                num_labels=2)  # fmt: skip
+    size = dict(
+        vocab_size=len(VOCABULARY), max_position_embeddings=config.positions(), pad_token_id=0, num_labels=2
+    )
     layers = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
     labels = dict(id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
     plain = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation="eager")
@@ -271,8 +272,10 @@ def position_error(the_task: Task, max_new_tokens: int) -> str | None:
     for what, holds in limits:
         if holds and needed > holds:
             hint = " (the embedded task's --reviews sized builds models as long as asked)" * the_task.embedded
-            return (f"--max-new-tokens {max_new_tokens}: the longest prompt and its response need {needed} "
-                    f"positions; the {what} holds {holds}{hint}")  # fmt: skip
+            return (
+                f"--max-new-tokens {max_new_tokens}: the longest prompt and its response need {needed} "
+                f"positions; the {what} holds {holds}{hint}"
+            )
     return None
 
 

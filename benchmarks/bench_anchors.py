@@ -7,7 +7,7 @@ runs never tested; Koo et al. make a fourth:
   2. at 90-110 and 140-160 new tokens, sparse RLHF falls behind ABC and uniform credit ...
   3. ... with single seeds collapsing;
   4. dense credit from explanations (SHAP, LIME) beats sparse credit.
-Each cell trains with run.py's own code (run.finished_or_trained) on `--reviews sized`: an embedded
+Each cell trains with run.py's own code (run.train_arm) on `--reviews sized`: an embedded
 task per length range, whose SFT policy writes reviews of several sentences that long and whose RM
 scores the mean sentiment of their sentences. The oracle arm `true_shapley` is dense credit that is
 exactly right (the task's exact Shapley values), which separates "does dense credit help?" from "is
@@ -179,15 +179,21 @@ def train_cells(args, run_argv, group: str, lengths, protocol: dict, methods, se
     if lengths not in args.checked:  # each range's task once, when first built
         args.checked.add(lengths)
         check_task(setup, options)
-    arms = [run.Arm(f"{m}-seed{s}", "baseline", m, run.BASELINES[m], s, kl_coef=options.kl_coef)
-            for m in methods for s in range(1, seeds + 1)]  # fmt: skip
+    batch = [
+        (
+            run.Arm(f"{m}-seed{s}", "baseline", m, run.all_baselines()[m].weights, s, options.kl_coef),
+            run.ON_THE_RM,
+        )
+        for m in methods
+        for s in range(1, seeds + 1)
+    ]
     start = time.time()
     with cli.locked(options.out):
-        run.claim_output_folder(options)
-        with parallel.workers(options, setup, run.build_setup, run.finished_or_trained) as workers:
-            trained = workers.train(arms)
-    print(f"{group}: {len(arms)} arms at {low}-{high} tokens, {options.iterations} steps, "
-          f"{time.time() - start:.0f} s")  # fmt: skip
+        run.outputs.claim_output_folder(options)
+        with parallel.workers(options, setup, run.build_setup, run.outputs.finished_arm) as workers:
+            trained = workers.train(run.train_arm, batch)
+    steps = f"{options.iterations} steps, {time.time() - start:.0f} s"
+    print(f"{group}: {len(batch)} arms at {low}-{high} tokens, {steps}")
     return {(arm.group, arm.seed): arm for arm in trained}
 
 

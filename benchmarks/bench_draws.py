@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import report  # noqa: E402
+import run  # noqa: E402
 
 
 def gaps(arms: dict) -> tuple[list[float], list[float]]:
@@ -31,9 +32,12 @@ def gaps(arms: dict) -> tuple[list[float], list[float]]:
         if arm.kind == "confirm":
             pairs.setdefault(arm.seed, {})[arm.group] = arm
     pairs = [pair for pair in pairs.values() if {"bo-best", "sparse"} <= set(pair)]
-    j = [pair["bo-best"].objective - pair["sparse"].objective for pair in pairs]
-    at_kl = [matched[p["bo-best"].name] - matched[p["sparse"].name] for p in pairs
-             if matched[p["bo-best"].name] is not None and matched[p["sparse"].name] is not None]  # fmt: skip
+    j = [run.objective(pair["bo-best"]) - run.objective(pair["sparse"]) for pair in pairs]
+    at_kl = [
+        matched[p["bo-best"].name] - matched[p["sparse"].name]
+        for p in pairs
+        if matched[p["bo-best"].name] is not None and matched[p["sparse"].name] is not None
+    ]
     return j, at_kl
 
 

@@ -90,7 +90,7 @@ def main():
     options = run.parse_options(["--out", args.out, *run_argv])
     torch.set_num_threads(options.threads)
     setup, start = run.build_setup(options), time.time()
-    run.claim_output_folder(options)
+    run.outputs.claim_output_folder(options)
 
     trainers, kept = [], []  # every trainer run.train_arm builds; (KL, policy) at each evaluation
     build_trainer, evaluate = run.ppo.PPOTrainer, run.evaluate
@@ -105,14 +105,12 @@ def main():
         return point
 
     run.ppo.PPOTrainer, run.evaluate = build_and_keep, evaluate_and_keep
-    sparse = run.train_arm(
-        run.Arm("sparse", "baseline", "sparse", {"sparse": 1.0}, args.seed, options.kl_coef), setup, options
-    )
+    sparse_arm = run.Arm("sparse", "baseline", "sparse", {"sparse": 1.0}, args.seed, options.kl_coef)
+    sparse = run.train_arm(sparse_arm, run.ON_THE_RM, setup, options)
     sparse_trainer = trainers[-1]
     kept.clear()
-    dense = run.train_arm(
-        run.Arm("dense", "baseline", "dense", weights, args.seed, options.kl_coef), setup, options
-    )
+    dense_arm = run.Arm("dense", "baseline", "dense", weights, args.seed, options.kl_coef)
+    dense = run.train_arm(dense_arm, run.ON_THE_RM, setup, options)
     kl, matched_policy = min(kept, key=lambda point: abs(point[0] - sparse.final_kl))
 
     prompts = setup.task.val_prompts

@@ -65,7 +65,7 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
 
 def main():
     args, run_argv = parse()
-    methods = {name: run.BASELINES[name] for name in METHODS} | {"weights": args.weights}
+    methods = {name: run.all_baselines()[name].weights for name in METHODS} | {"weights": args.weights}
     options = run.parse_options(["--out", args.out, *run_argv])
     torch.set_num_threads(options.threads)
     setup, start = run.build_setup(options), time.time()
@@ -73,12 +73,13 @@ def main():
     jobs = [(m, k, s) for k in args.kl_coefs for s in range(1, args.seeds + 1) for m in methods]
     folders = {k: replace(options, out=os.path.join(args.out, f"kl{k}"), kl_coef=k) for k in args.kl_coefs}
     for folder in folders.values():
-        run.claim_output_folder(folder)
+        run.outputs.claim_output_folder(folder)
     for method, kl_coef, seed in tqdm(jobs, desc="arms", disable=None):
         folder = folders[kl_coef]
         setup.ppo_config = replace(setup.ppo_config, kl_coef=kl_coef)
         arm = run.Arm(f"{method}-seed{seed}", "baseline", method, methods[method], seed, kl_coef=kl_coef)
-        arms[method, kl_coef, seed] = run.finished_or_trained(arm, setup, folder)
+        finished = run.outputs.finished_arm(arm, folder)  # an interrupted sweep's arm file
+        arms[method, kl_coef, seed] = finished or run.train_arm(arm, run.ON_THE_RM, setup, folder)
 
     print(f"\n{len(arms)} arms, {options.iterations} iterations each; {time.time() - start:.0f} s")
     print("\nfinal held-out reward and KL, mean ± 95% interval over seeds")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import cli
+import outputs
 import parallel
 import run
 
@@ -19,7 +20,7 @@ ARGV = (
     "--iterations 1 --eval-every 1 --batch-size 8 --eval-prompts 8 --lime-samples 16 --trials 2 --bo-batch 2 "
 )
 ARGV = (ARGV + "--confirm-seeds 1 --baselines sparse,abc,shap,lime").split()
-FINISHED_OR_TRAINED = run.finished_or_trained
+TRAIN_ARM = run.train_arm
 
 
 @pytest.fixture(autouse=True)
@@ -94,12 +95,12 @@ def test_another_cpus_code_paths_and_two_workers_change_no_number(tmp_path, task
     assert outcome(tmp_path) == one_worker
 
 
-def fail_lime(arm, setup, options, rcfd=False):
-    """run.finished_or_trained, with a NaN reward for the arm "lime": train_arm raises on it."""
+def fail_lime(arm, training, setup, options):
+    """run.train_arm, with a NaN reward for the arm "lime": train_arm raises on it."""
     if arm.name == "lime":
         nan = lambda prompts, responses: torch.full((len(prompts),), float("nan"))  # noqa: E731
         setup = dataclasses.replace(setup, reward_fn=nan)
-    return FINISHED_OR_TRAINED(arm, setup, options, rcfd)
+    return TRAIN_ARM(arm, training, setup, options)
 
 
 def test_a_process_pool_trains_the_same_arms_and_a_failing_arm_stops_the_run(
@@ -107,7 +108,7 @@ def test_a_process_pool_trains_the_same_arms_and_a_failing_arm_stops_the_run(
 ):
     made = spy_on_workers(monkeypatch)
     monkeypatch.setattr(parallel, "has_ray", lambda: False)
-    monkeypatch.setattr(run, "finished_or_trained", fail_lime)  # the pool's processes import this file
+    monkeypatch.setattr(run, "train_arm", fail_lime)  # the pool's processes import this file
     with pytest.raises(RuntimeError, match="arm lime, iteration 0: a non-finite evaluation"):
         run.main([*ARGV, "--workers", "2", "--out", str(tmp_path), "--cache-dir", task_cache])
     assert [type(workers) for workers in made] == [parallel.ProcessPool]
@@ -138,12 +139,12 @@ def test_bad_parallel_options_exit_with_a_clear_message(capsys, monkeypatch, ext
 
 
 def test_bo_batch_is_an_experiment_option_and_workers_is_not(tmp_path, capsys):
-    run.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))
+    outputs.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))
     run.report.write_json(str(tmp_path / "arms" / "sparse.json"), {})
-    run.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--workers", "3"]))
+    outputs.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--workers", "3"]))
     older = {k: v for k, v in run.report.read_json(str(tmp_path / "config.json")).items() if k != "bo_batch"}
     run.report.write_json(str(tmp_path / "config.json"), older)  # a folder from before --bo-batch existed
-    run.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))  # it ran with batches of 1
+    outputs.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))  # it ran with batches of 1
     with pytest.raises(SystemExit) as exit_info:
-        run.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--bo-batch", "4"]))
+        outputs.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--bo-batch", "4"]))
     assert exit_info.value.code == 2 and "other options {'bo_batch': (1, 4)}" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 import copy
 import csv
+import dataclasses
 import functools
 import json
 import os
@@ -14,6 +15,7 @@ import torch
 
 import cli
 import language
+import outputs
 import run
 
 
@@ -46,10 +48,11 @@ def test_quick_run_writes_every_artifact(tmp_path, task_cache, capsys):
     assert [trial["info"]["arm"] for trial in trials] == "sparse abc shap lime trial-4 trial-5".split()
     assert trials[1]["weights"] == {"sparse": 0.2, "attention": 0.8, "shap": 0.0, "lime": 0.0}
     shap_arm = result["arms"]["shap"]
-    assert trials[2]["value"] == shap_arm.objective  # the KL-regularised objective by default
-    assert trials[2]["info"]["regularised"] == shap_arm.objective and trials[2]["info"]["auc"] == shap_arm.auc
+    assert trials[2]["value"] == run.objective(shap_arm)  # the KL-regularised objective by default
+    assert trials[2]["info"]["regularised"] == run.objective(shap_arm)
+    assert trials[2]["info"]["auc"] == run.objective(shap_arm, "auc")
     points = shap_arm.curve[1:]
-    assert shap_arm.objective == pytest.approx(
+    assert run.objective(shap_arm) == pytest.approx(
         sum(p["reward"] - 0.05 * p["kl"] for p in points) / len(points)
     )
     assert all(abs(sum(trial["weights"].values()) - 1) < 1e-6 for trial in trials)
@@ -80,6 +83,122 @@ def test_quick_run_writes_every_artifact(tmp_path, task_cache, capsys):
     assert json.loads((out / "config.json").read_text())["iterations"] == 4
     # the PPO runs really trained: the policy moved away from the reference (held-out KL > 0)
     assert all(arm.final_kl > 0 for arm in result["arms"].values())
+
+
+@pytest.mark.parametrize("kind", ["regularised", "auc"])
+def test_j_is_the_documented_equation_on_a_hand_made_curve(kind):
+    """J = 1/E sum_{e>=1} (reward_e - kl_coef KL_e) ('regularised'), 1/E sum_{e>=1} reward_e ('auc')."""
+    curve = [
+        {"iteration": 0, "reward": 9.0, "kl": 0.0},  # the SFT policy: left out of J
+        {"iteration": 2, "reward": 1.0, "kl": 2.0},
+        {"iteration": 4, "reward": 3.0, "kl": 4.0},
+        {"iteration": 6, "reward": 2.0, "kl": 10.0},
+    ]
+    arm = run.Arm("a", "trial", "trial", {"sparse": 1.0}, 0, kl_coef=0.5, curve=curve)
+    expected = {"regularised": ((1 - 1) + (3 - 2) + (2 - 5)) / 3, "auc": (1 + 3 + 2) / 3}[kind]
+    assert run.objective(arm, kind) == pytest.approx(expected)
+
+
+def test_a_baseline_trains_on_the_reward_and_kl_its_record_names_whatever_its_name(task_cache, monkeypatch):
+    """RCfD's reward and its KL of 0 are data of the Baseline record: another name trains the same way."""
+    monkeypatch.setitem(run.BASELINES, "calibrated", run.BASELINES["rcfd"])
+    options = run.parse_options(
+        [*SMALL, "--iterations", "1", "--baselines", "calibrated", "--cache-dir", task_cache]
+    )
+    setup = run.build_setup(options)
+    rewards, trainers = [], []
+    reward_components, trainer_class = run.reward_components, run.ppo.PPOTrainer
+    monkeypatch.setattr(run, "reward_components", lambda *a: rewards.append(a[-1]) or reward_components(*a))
+    monkeypatch.setattr(
+        run.ppo, "PPOTrainer", lambda *a, **k: trainers.append(trainer_class(*a, **k)) or trainers[-1]
+    )
+    monkeypatch.setattr(run.report, "write_json", lambda *args: None)  # no arm file
+    for name in ("calibrated", "sparse"):
+        arm = run.Arm(name, "baseline", name, run.BASELINES[name].weights, 0, options.kl_coef)
+        run.train_arm(arm, run.BASELINES[name].training, setup, options)
+    assert rewards == ["rcfd", "rm"]
+    assert [t.config.kl_coef for t in trainers] == [0.0, options.kl_coef]
+    assert not run.on_the_simplex(run.BASELINES["calibrated"], ["sparse", "shap"])  # not a point of the BO
+    assert run.on_the_simplex(run.BASELINES["sparse"], ["sparse", "shap"])
+
+
+def first_token_credit(setup, batch):
+    """A trivial credit method: all of R's explanation on each response's first token (reward units)."""
+    credit = torch.zeros(batch.response_mask.shape)  # (B, T)
+    credit[:, 0] = 1.0
+    return credit
+
+
+def test_a_credit_method_registered_once_is_a_component_and_a_baseline(tmp_path, task_cache, monkeypatch):
+    monkeypatch.setitem(run.CREDIT_METHODS, "first_token", run.CreditMethod(first_token_credit))
+    argv = [
+        *SMALL,
+        "--trials",
+        "1",
+        "--components",
+        "sparse,first_token",
+        "--baselines",
+        "sparse,first_token",
+    ]
+    result = run.main([*argv, "--out", str(tmp_path), "--cache-dir", task_cache])
+    assert result["arms"]["first_token"].weights == {"first_token": 1.0}  # a baseline of its name
+    trials = [json.loads(line) for line in (tmp_path / "trials.jsonl").read_text().splitlines()]
+    assert [trial["info"]["arm"] for trial in trials] == ["sparse", "first_token", "trial-2"]
+    assert set(trials[2]["weights"]) == {"sparse", "first_token"}  # a weight the BO searches
+    setup = run.build_setup(run.parse_options(["--cache-dir", task_cache]))
+    enc = setup.tokenizer(setup.task.val_prompts[:4], return_tensors="pt", padding=True)
+    pad, eos = setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id
+    policy, config = setup.task.policy, setup.ppo_config
+    ids, mask = run.ppo.sample(policy, enc["input_ids"], enc["attention_mask"], config, pad, eos)  # (B, T)
+    components, scores = run.reward_components(setup, enc["input_ids"], ids, mask, ["first_token"])
+    expected = torch.zeros(mask.shape)  # (B, T)
+    expected[:, 0] = 1.0
+    expected[torch.arange(len(mask)), mask.sum(1) - 1] += scores - 1.0  # the residual R - 1 on the last token
+    assert torch.allclose(components["first_token"], expected * mask, atol=1e-5)
+
+
+def word_values(responses: list[str]) -> torch.Tensor:
+    """(N, words) value of each visible word (len % 3 - 1), 0 for a hidden one ([UNK]), padded with 0."""
+    rows = [[len(w) % 3 - 1.0 if w != "[UNK]" else 0.0 for w in text.split()] for text in responses]
+    width = max(map(len, rows))
+    return torch.tensor([row + [0.0] * (width - len(row)) for row in rows])
+
+
+def additive_game(prompts, responses):
+    return word_values(responses).sum(1)
+
+
+def pairwise_game(prompts, responses):
+    """Additive plus 0.1 (visible words)^2 = 0.1 sum_i x_i + 0.2 sum_{i<j} x_i x_j: pairwise interactions."""
+    visible = torch.tensor(
+        [sum(w != "[UNK]" for w in text.split()) for text in responses], dtype=torch.float32
+    )
+    return additive_game(prompts, responses) + 0.1 * visible**2
+
+
+def test_the_library_backends_chosen_on_the_command_line_agree_with_the_batched_ones(task_cache):
+    """--shap-backend / --lime-backend reach the explainers of every arm; where both estimators are exact
+    (SHAP, one antithetic pair: pairwise games; LIME with no ridge: additive games) they agree, to the
+    tolerances of test_reward_attribution.py."""
+    found = {}
+    for backend in ("batched", "library"):
+        argv = ["--shap-backend", backend, "--lime-backend", backend, "--cache-dir", task_cache]
+        setup = run.build_setup(run.parse_options(argv))
+        assert (setup.attribution.shap_backend, setup.attribution.lime_backend) == (backend, backend)
+        setup.attribution = dataclasses.replace(setup.attribution, lime_ridge_alpha=0.0, lime_samples=64)
+        enc = setup.tokenizer(setup.task.val_prompts[:4], return_tensors="pt", padding=True)
+        pad, eos, config = setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id, setup.ppo_config
+        generator = torch.Generator().manual_seed(0)
+        ids, mask = run.ppo.sample(
+            setup.task.policy, enc["input_ids"], enc["attention_mask"], config, pad, eos, generator=generator
+        )
+        prompts, pieces = run.reward_attribution.response_texts(setup.tokenizer, enc["input_ids"], ids, mask)
+        for method, game in [("shap", pairwise_game), ("lime", additive_game)]:
+            batch = run.Responses(prompts, pieces, ids, mask, game)
+            found[method, backend] = run.explanation(method, setup, batch)  # (B, T)
+    assert torch.allclose(found["shap", "library"], found["shap", "batched"], atol=1e-5)
+    assert torch.allclose(found["lime", "library"], found["lime", "batched"], atol=1e-4)
+    assert found["shap", "batched"].abs().sum() > 0
 
 
 def test_held_out_kl_is_zero_for_the_reference_and_grows_with_an_update(embedded_task):
@@ -200,16 +319,16 @@ def test_bad_options_exit_with_a_clear_message(tmp_path, capsys, extra, message)
 
 
 def test_a_folder_holding_a_run_with_other_training_options_is_refused(tmp_path, capsys):
-    run.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))
+    outputs.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))
     # a config but no finished arm (a start that failed early): new options are welcome
-    run.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--learning-rate", "3e-4"]))
-    run.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))
+    outputs.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--learning-rate", "3e-4"]))
+    outputs.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))
     run.report.write_json(str(tmp_path / "arms" / "sparse.json"), {})
-    run.claim_output_folder(
+    outputs.claim_output_folder(
         run.parse_options(["--out", str(tmp_path), "--threads", "1"])
     )  # not the experiment
     with pytest.raises(SystemExit) as exit_info:  # its finished arms were trained otherwise
-        run.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--learning-rate", "1e-4"]))
+        outputs.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--learning-rate", "1e-4"]))
     assert exit_info.value.code == 2
     assert "other options {'learning_rate': (0.0002, 0.0001)}" in capsys.readouterr().err
 

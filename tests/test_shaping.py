@@ -42,7 +42,7 @@ def test_hand_computed_components_and_mix():
 def test_every_component_conserves_the_reward(seed):
     scores, mask, attributions = random_batch(seed)
     components = shaping.credit_components(scores, mask, attributions)
-    assert sorted(components) == sorted(shaping.COMPONENTS)
+    assert sorted(components) == sorted([*shaping.BUILT_IN, *attributions])
     for name, credit in components.items():
         assert torch.allclose(credit.sum(1), scores, atol=1e-5), name
         assert (credit[mask == 0] == 0).all(), name
@@ -54,7 +54,7 @@ def test_random_simplex_mixes_conserve_the_reward():
     generator = torch.Generator().manual_seed(0)
     for _ in range(20):
         draw = -torch.rand(5, generator=generator).log()  # normalised exponentials = Dirichlet(1)
-        weights = dict(zip(shaping.COMPONENTS, (draw / draw.sum()).tolist()))
+        weights = dict(zip(components, (draw / draw.sum()).tolist()))
         shaped = shaping.shape(components, weights)
         assert torch.allclose(shaped.sum(1), scores, atol=1e-5)
         assert (shaped[mask == 0] == 0).all()
@@ -103,7 +103,7 @@ def test_attention_is_renormalised_over_the_response():
 )
 def test_weights_off_the_simplex_are_rejected(weights, message):
     with pytest.raises(ValueError, match=message):
-        shaping.check_weights(weights)
+        shaping.check_weights(weights, ("sparse", "uniform", "shap"))
 
 
 def test_weights_within_tolerance_are_accepted_and_missing_components_rejected():
@@ -123,12 +123,16 @@ def test_bad_scores_and_attributions_are_rejected():
     with pytest.raises(ValueError, match="response 2"):
         shaping.credit_components(scores, mask)
     scores[2] = 1.0
-    with pytest.raises(ValueError, match="expected one of"):
-        shaping.credit_components(scores, mask, {"saliency": attributions["shap"]})
+    with pytest.raises(ValueError, match="the name of a built-in component"):
+        shaping.credit_components(scores, mask, {"sparse": attributions["shap"]})
     with pytest.raises(ValueError, match="shape"):
         shaping.credit_components(scores, mask, {"shap": attributions["shap"][:, :3]})
     with pytest.raises(ValueError, match=">= 0"):
         shaping.credit_components(scores, mask, {"attention": -attributions["attention"]})
+    with pytest.raises(ValueError, match="saliency shares must be >= 0"):  # a share of another name
+        shaping.credit_components(
+            scores, mask, {"saliency": -attributions["attention"]}, shares=("saliency",)
+        )
     with pytest.raises(ValueError, match="no real token"):
         shaping.credit_components(scores, torch.cat([mask[:-1], torch.zeros(1, mask.shape[1])]))
 
