@@ -77,8 +77,8 @@ def unpack(data: DataProto, pad_token_id: int) -> tuple[torch.Tensor, torch.Tens
     P, T = prompts.shape[1], responses.shape[1]
     if attention_mask.shape != (len(prompts), P + T):
         shapes = tuple(prompts.shape), tuple(responses.shape), tuple(attention_mask.shape)
-        raise ValueError(f"prompts, responses, attention_mask have shapes {shapes}; expected (B, P), (B, T), "
-                         "(B, P + T)")  # fmt: skip
+        expected = "(B, P), (B, T), (B, P + T)"
+        raise ValueError(f"prompts, responses, attention_mask have shapes {shapes}; expected {expected}")
     prompt_mask, response_mask = attention_mask[:, :P].bool(), attention_mask[:, P:].long()  # (B, P), (B, T)
     return prompts.masked_fill(~prompt_mask, pad_token_id), responses, response_mask
 
