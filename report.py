@@ -24,6 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
+import numerics  # noqa: E402
+
 SHOWN = (
     "Shapley truth",
     "lexicon",
@@ -409,13 +411,21 @@ def write_all(
     out: str, arms: dict[str, Arm], best_weights: dict, credit: dict, reference: list[dict],
     saved: list[str] = (), smoke: bool = False,
 ) -> str:  # fmt: skip
-    """Write every artifact; return the summary (also saved as summary.md), `saved` the policies kept."""
+    """Write every artifact; return the summary (also saved as summary.md), `saved` the policies kept.
+
+    summary.md ends with the CPU numerics fingerprint of config.json; the summary returned also says,
+    where it is not the one docs/summary.md was made under, what that means for the table."""
     summary = summary_table(arms, best_weights, credit["fidelity"], smoke)
     if saved:
         summary += f"\nPolicies saved (save_pretrained, with the tokenizer): {', '.join(saved)}\n"
+    config = os.path.join(out, "config.json")
+    fingerprint = read_json(config).get("numerics_fingerprint") if os.path.exists(config) else None
+    if fingerprint:
+        summary += f"\n{numerics.text(fingerprint)}\n"
     with open(os.path.join(out, "summary.md"), "w") as file:
         file.write(summary)
     write_curves(out, arms)
     write_tokens(out, credit)
     write_samples(out, arms, reference)
-    return summary
+    note = fingerprint and numerics.versus_docs(fingerprint)
+    return summary + f"\n{note}\n" if note else summary
