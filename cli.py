@@ -49,8 +49,8 @@ class Options:
                           "as --min/--max-new-tokens asks: a task per range)")  # fmt: skip
     cache_dir: str = option(".cache/task", "where the embedded task's models are cached")
     device: str = option("auto", "auto, cpu or cuda")
-    numerics: str = option("native", "CPU kernels: 'native' (this CPU's fastest) or 'reproducible' (the same "
-                           "numbers on any x86-64 CPU, about 1.6x the time)")  # fmt: skip
+    numerics: str = option("native", "CPU kernels: 'native' (this CPU's fastest) or 'reproducible' (pinned: "
+                           "docs/summary.md's numbers on AMD EPYC CPUs, about 1.75x the time)")  # fmt: skip
     threads: int = option(1, "CPU threads for torch (tiny models: more threads wait on each other)")
     workers: int = option(1, "arms trained at once, each in a process of its own (parallel.py)")
     bo_batch: int = option(1, "BO trials asked per round and trained together (kriging believer)")

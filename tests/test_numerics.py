@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import cli
 import numerics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,18 +29,12 @@ def test_the_fingerprint_is_the_same_in_two_processes_and_moves_with_a_forced_ke
     and the classes name what parted (torch's vectorised kernels at least)."""
     here = numerics.fingerprint("reproducible")
     assert numerics.fingerprint("reproducible") == here  # twice in one process
-    unpinned = {k: v for k, v in os.environ.items() if k not in numerics_variables()}
+    unpinned = {k: v for k, v in os.environ.items() if k not in [*cli.REPRODUCIBLE_CPU, cli.NUMPY]}
     assert child_fingerprint("reproducible", unpinned) == here  # the mode pins it from any environment
     if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
         pytest.skip("this CPU's own kernels are the generic ones: nothing to force")
     native = child_fingerprint("native", unpinned)
     assert native["id"] != here["id"] and native["classes"]["vector"] != here["classes"]["vector"]
-
-
-def numerics_variables() -> list[str]:
-    import cli
-
-    return [*cli.REPRODUCIBLE_CPU, cli.NUMPY]
 
 
 def test_the_fingerprint_leaves_the_global_generator_and_the_thread_count_as_they_were():
