@@ -14,13 +14,15 @@ import numerics
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def child_fingerprint(mode: str, env: dict) -> dict:
-    """The fingerprint a fresh process computes, run.py's numerics of `mode` pinned before torch loads."""
-    code = (f"import json, cli\ncli.pin_numerics({mode!r})\nimport numerics\n"
-            f"print(json.dumps(numerics.fingerprint({mode!r})))")  # fmt: skip
+def child_fingerprint(mode: str, env: dict) -> tuple[dict, str]:
+    """The fingerprint a fresh process computes, run.py's numerics of `mode` pinned before torch loads,
+    and torch's CPU capability there."""
+    code = (f"import json, cli\ncli.pin_numerics({mode!r})\nimport numerics, torch\n"
+            f"capability = torch.backends.cpu.get_cpu_capability()\n"
+            f"print(json.dumps([numerics.fingerprint({mode!r}), capability]))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.splitlines()[-1])
+    return tuple(json.loads(done.stdout.splitlines()[-1]))
 
 
 def test_the_fingerprint_is_the_same_in_two_processes_and_moves_with_a_forced_kernel():
@@ -30,10 +32,10 @@ def test_the_fingerprint_is_the_same_in_two_processes_and_moves_with_a_forced_ke
     here = numerics.fingerprint("reproducible")
     assert numerics.fingerprint("reproducible") == here  # twice in one process
     unpinned = {k: v for k, v in os.environ.items() if k not in [*cli.REPRODUCIBLE_CPU, cli.NUMPY]}
-    assert child_fingerprint("reproducible", unpinned) == here  # the mode pins it from any environment
-    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+    assert child_fingerprint("reproducible", unpinned) == (here, "DEFAULT")  # pinned from any environment
+    native, capability = child_fingerprint("native", unpinned)
+    if capability == "DEFAULT":
         pytest.skip("this CPU's own kernels are the generic ones: nothing to force")
-    native = child_fingerprint("native", unpinned)
     assert native["id"] != here["id"] and native["classes"]["vector"] != here["classes"]["vector"]
 
 
