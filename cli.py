@@ -13,6 +13,7 @@ import ast
 import contextlib
 import fcntl
 import os
+import subprocess
 import sys
 from dataclasses import dataclass, field, fields, make_dataclass, replace
 
@@ -57,8 +58,8 @@ class RunOptions:
     cache_dir: str = option(".cache/task", "where the embedded task's models are cached")
     numerics: str = option(
         "native",
-        "CPU kernels: 'native' (this CPU's fastest) or 'reproducible' (the same "
-        "numbers on any x86-64 CPU, about 1.6x the time)",
+        "CPU kernels: 'native' (this CPU's fastest) or 'reproducible' (pinned: docs/summary.md's numbers "
+        "on AMD EPYC CPUs, about 1.75x the time)",
     )
     threads: int = option(1, "CPU threads for torch (tiny models: more threads wait on each other)")
     workers: int = option(1, "arms trained at once, each in a process of its own (parallel.py)")
@@ -182,27 +183,44 @@ def parse(argv=None) -> tuple[argparse.ArgumentParser, Options]:
 
 # Each library picks its CPU kernels when it loads, by what the CPU offers (AVX-512, AVX2, ...), and
 # kernels of different width add in a different order: the last bit of a sum differs, and RL turns it
-# into another run. Each variable below caps one library at the kernels every x86-64 CPU runs:
+# into another run. The reproducible mode sets, before the libraries load, the variable each one reads
+# (numerics.py fingerprints the operations behind each):
 REPRODUCIBLE_CPU = {
     "ATEN_CPU_CAPABILITY": "default",  # torch's own vectorised kernels: the generic build, no AVX
-    "MKL_CBWR": "COMPATIBLE",  # MKL (torch's matrix products): its conditional numerical reproducibility
+    "MKL_CBWR": "COMPATIBLE",  # MKL (torch's matrix products): the one branch meant for Intel and AMD alike
     "ONEDNN_MAX_CPU_ISA": "SSE41",  # oneDNN's JIT kernels (torch's GELU): SSE4.1
+    "OPENBLAS_CORETYPE": "Prescott",  # OpenBLAS, numpy's and scipy's (the BO's GP): its generic kernels
 }
+NUMPY = "NPY_DISABLE_CPU_FEATURES"  # numpy's own SIMD loops (LIME's kernel, the GP): pin_numerics adds it
+
+
+def numpy_dispatched() -> str:
+    """The SIMD features numpy dispatches to on this CPU, by numpy's own names for its version (1.x: AVX2,
+    AVX512F, ...; 2.4: X86_V3, X86_V4, ...), asked in a child process so that numpy loads here after the
+    variable. Only features this CPU has: numpy warns at every import about one it cannot disable."""
+    code = ("import numpy\nm = getattr(numpy, '_core', getattr(numpy, 'core', None))._multiarray_umath\n"
+            "print(' '.join(x for x in m.__cpu_dispatch__ if m.__cpu_features__.get(x)))")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != NUMPY}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env
+    ).stdout.strip()
 
 
 def pin_numerics(mode: str | None = None) -> None:
     """Set the environment of `mode` for this process and every process it starts (workers, Ray).
 
     mode None: the --numerics of this process's command line, else run.py's default (for benchmarks).
-    It only takes effect if torch has not loaded yet; `numerics_in_force` checks that it has. 'native'
+    It only takes effect if torch and numpy have not loaded yet; `numerics_in_force` checks torch. 'native'
     leaves the environment as it is. A value exported by the user is replaced: in the reproducible mode
     a code path forced from outside must not change a number, as another CPU's path does not.
+    REPRODUCIBLE_CPU gets this CPU's numpy features, so that Ray's workers are handed the same list.
     """
     if mode is None:
         early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         early.add_argument("--numerics", default=Options.numerics)
         mode = early.parse_known_args()[0].numerics
     if mode == "reproducible":
+        REPRODUCIBLE_CPU[NUMPY] = numpy_dispatched()
         os.environ.update(REPRODUCIBLE_CPU)
 
 

@@ -7,6 +7,7 @@ import glob
 import os
 from dataclasses import asdict
 
+import numerics
 from cli import EXPERIMENT_OPTIONS, Options, fail
 from report import Arm, read_json, write_json
 
@@ -45,14 +46,21 @@ def finished_arm(arm: Arm, options: Options) -> Arm | None:
 
 
 def claim_output_folder(options: Options) -> None:
-    """Write config.json, or exit if the folder holds finished arms trained with other options."""
+    """Write config.json (the options and this process's numerics fingerprint), or exit if the folder holds
+    finished arms trained with other options; say so where they were trained under other numerics, and
+    where this run's numerics are not those docs/summary.md was made under."""
     config_path = os.path.join(options.out, "config.json")
     finished = glob.glob(os.path.join(options.out, "arms", "*.json"))
+    fingerprint = numerics.fingerprint(options.numerics)
     if os.path.exists(config_path) and finished:
         now = asdict(options)
         before = asdict(Options()) | read_json(config_path)  # a newer option ran at its default
         changed = {k: (before[k], now[k]) for k in EXPERIMENT_OPTIONS if before[k] != now[k]}
         if changed:
             fail(f"{options.out!r} holds a run with other options {changed} (old, new); pick another --out")
+        if warning := numerics.changed(before.get("numerics_fingerprint"), fingerprint):
+            print(warning)
         print(f"resuming: {len(finished)} finished arms found in {options.out}")
-    write_json(config_path, asdict(options))
+    if note := numerics.versus_docs(fingerprint):
+        print(note)
+    write_json(config_path, asdict(options) | {"numerics_fingerprint": fingerprint})

@@ -24,6 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
+import numerics  # noqa: E402
+
 KINDS = ("baseline", "trial", "confirm")
 SAMPLING = ("temperature", "top_k", "top_p", "min_new_tokens", "max_new_tokens")  # how a policy samples
 
@@ -388,14 +390,21 @@ def write_all(out, arms, best_weights, credit, reference, objective, saved=(), s
     """Write every artifact; return the summary (also saved as summary.md), `saved` the policies kept.
 
     arms {name: Arm}, best_weights {component: w}, credit: run.credit_examples', reference: the SFT
-    policy's samples, objective(arm, kind): run.py's J.
+    policy's samples, objective(arm, kind): run.py's J. summary.md ends with the CPU numerics
+    fingerprint of config.json; the summary returned also says, where it is not the one
+    docs/summary.md was made under, what that means for the table.
     """
     summary = summary_table(arms, best_weights, credit["fidelity"], objective, smoke)
     if saved:
         summary += f"\nPolicies saved (save_pretrained, with the tokenizer): {', '.join(saved)}\n"
+    config = os.path.join(out, "config.json")
+    fingerprint = read_json(config).get("numerics_fingerprint") if os.path.exists(config) else None
+    if fingerprint:
+        summary += f"\n{numerics.text(fingerprint)}\n"
     with open(os.path.join(out, "summary.md"), "w") as file:
         file.write(summary)
     write_curves(out, arms)
     write_tokens(out, credit, arms)
     write_samples(out, arms, reference)
-    return summary
+    note = fingerprint and numerics.versus_docs(fingerprint)
+    return summary + f"\n{note}\n" if note else summary

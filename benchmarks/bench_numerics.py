@@ -14,7 +14,8 @@ in for other CPUs by forcing those choices through the variables the libraries r
     cache is keyed by the kernels), compared with the same mode on this machine's own path: the same
     trials.jsonl and arm curves, or how many arms differ and at which evaluation the first one parts.
 (b) The mode's cost: whole processes of a shorter default run (every baseline arm, one BO trial,
-    batch 64), native and reproducible in turn, after each mode's task is cached.
+    batch 64), native, reproducible and a pin that keeps AVX2 kernels (`avx2()`) in turn, after each
+    one's task is built and cached (that first process, task build included, is timed too).
 
     python benchmarks/bench_numerics.py [--out runs/bench-numerics] [--repeats 3] [--iterations 10]
 """
@@ -51,6 +52,16 @@ def numpy_dispatch() -> dict:
             "print(' '.join(x for x in d if f.get(x)))")  # fmt: skip
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split()
     return {"NPY_DISABLE_CPU_FEATURES": " ".join(found)} if found else {}
+
+
+def avx2() -> dict:
+    """A pin that keeps AVX2 kernels: torch's AVX2 build, oneDNN at AVX2, OpenBLAS's Haswell kernels, numpy
+    without its AVX-512 loops, and MKL's COMPATIBLE branch (its AVX2 branch holds on Intel CPUs only)."""
+    above = " ".join(
+        x for x in numpy_dispatch().get("NPY_DISABLE_CPU_FEATURES", "").split() if "512" in x or x == "X86_V4"
+    )
+    return {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "OPENBLAS_CORETYPE": "Haswell", "NPY_DISABLE_CPU_FEATURES": above}  # fmt: skip
 
 
 def run_py(argv: list[str], env: dict, log_path: str) -> float:
@@ -119,20 +130,29 @@ def main():
     print(f"(b) whole processes, every baseline and one BO trial, {args.iterations} iterations at batch 64:")
     argv = ["--iterations", str(args.iterations), "--trials", "1", "--confirm-seeds", "0",
             "--eval-every", "5", "--cache-dir", cache]  # fmt: skip
-    for mode in ("native", "reproducible"):  # the task of each mode cached before the timing
-        warm = os.path.join(out, "warm", mode)
+    timed = {
+        "native": ("native", {}),
+        "reproducible": ("reproducible", {}),
+        "AVX2 pinned": ("native", avx2()),
+    }
+    for name, (mode, env) in timed.items():  # each mode's task built and cached before the timing
+        warm = os.path.join(out, "warm", name.replace(" ", "-"))
+        shutil.rmtree(warm, ignore_errors=True)
         once = ["--iterations", "1", "--eval-every", "1", "--numerics", mode, "--out", warm]
-        run_py([*argv, *once], {}, warm + ".log")
-    seconds = {"native": [], "reproducible": []}
-    for repeat in range(args.repeats):  # A, B in turn: the machine's load falls on both alike
-        for mode in seconds:
-            folder = os.path.join(out, "timed", f"{mode}-{repeat}")
+        build = run_py([*argv, *once], env, warm + ".log")
+        print(f"  {name:12s} task build and one iteration: {build:.1f} s", flush=True)
+    seconds = {name: [] for name in timed}
+    for repeat in range(args.repeats):  # in turn: the machine's load falls on every mode alike
+        for name, (mode, env) in timed.items():
+            folder = os.path.join(out, "timed", f"{name.replace(' ', '-')}-{repeat}")
             shutil.rmtree(folder, ignore_errors=True)
-            seconds[mode].append(run_py([*argv, "--numerics", mode, "--out", folder], {}, folder + ".log"))
-            print(f"  {mode:12s} run {repeat + 1}: {seconds[mode][-1]:.1f} s", flush=True)
-    native, reproducible = (statistics.median(seconds[mode]) for mode in seconds)
-    print(f"median native {native:.1f} s, reproducible {reproducible:.1f} s: reproducible / native = "
-          f"{reproducible / native:.2f} (the default on CPU if <= 1.3)")  # fmt: skip
+            seconds[name].append(run_py([*argv, "--numerics", mode, "--out", folder], env, folder + ".log"))
+            print(f"  {name:12s} run {repeat + 1}: {seconds[name][-1]:.1f} s", flush=True)
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    ratios = ", ".join(
+        f"{name} {value:.1f} s ({value / median['native']:.2f}x)" for name, value in median.items()
+    )
+    print(f"median {ratios} (the default on CPU if <= 1.3x)")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 

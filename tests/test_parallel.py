@@ -72,10 +72,11 @@ def test_two_ray_workers_train_the_same_arms_and_trials_as_one(tmp_path, task_ca
 
 
 def test_another_cpus_code_paths_and_two_workers_change_no_number(tmp_path, task_cache, one_worker):
-    """--numerics reproducible: run.py in a process of its own, with torch, MKL and oneDNN
-    forced from outside onto the kernels of an AVX2 machine and its arms on two Ray workers, writes the
+    """--numerics reproducible: run.py in a process of its own, with torch, MKL, oneDNN, OpenBLAS and
+    numpy forced from outside onto the kernels of an AVX2 machine and its arms on two Ray workers, writes the
     trials and curves of the run above bit for bit (that run: this machine's own path, in this process)."""
-    forced = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    forced = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+              "OPENBLAS_CORETYPE": "Haswell", "NPY_DISABLE_CPU_FEATURES": ""}  # fmt: skip
     assert set(forced) == set(cli.REPRODUCIBLE_CPU)  # each variable the mode sets is forced otherwise
     argv = [
         *ARGV,

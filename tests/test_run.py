@@ -15,6 +15,7 @@ import torch
 
 import cli
 import language
+import numerics
 import outputs
 import run
 
@@ -80,7 +81,10 @@ def test_quick_run_writes_every_artifact(tmp_path, task_cache, capsys):
     assert "bo-best - sparse, paired by seed" in summary
     for picture in ("curves.png", "frontier.png"):
         assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((out / "config.json").read_text())["iterations"] == 4
+    config = json.loads((out / "config.json").read_text())
+    assert config["iterations"] == 4
+    assert config["numerics_fingerprint"] == numerics.fingerprint(config["numerics"])  # this process's
+    assert summary.rstrip().endswith(numerics.text(config["numerics_fingerprint"]))
     # the PPO runs really trained: the policy moved away from the reference (held-out KL > 0)
     assert all(arm.final_kl > 0 for arm in result["arms"].values())
 
@@ -284,6 +288,25 @@ def test_interrupted_run_resumes_without_repeating_finished_work(tmp_path, task_
     assert len((tmp_path / "trials.jsonl").read_text().splitlines()) == 3
     assert {p: os.stat(tmp_path / "arms" / p).st_mtime_ns for p in finished} == finished
     assert len(made) == 3  # trial-2, bo-best-seed1, sparse-seed1: nothing finished is trained again
+
+
+def test_a_resumed_folder_trained_under_other_numerics_warns_in_one_line(tmp_path, capsys):
+    """The finished arms of the folder were trained under another fingerprint: one warning line before
+    the resume, and config.json then holds this process's fingerprint."""
+    options = run.parse_options(["--out", str(tmp_path)])
+    other = {"mode": "reproducible", "id": "00000000", "classes": {"matmul": "000000"}, "versions": {}}
+    (tmp_path / "arms").mkdir()
+    (tmp_path / "arms" / "sparse.json").write_text("{}")
+    (tmp_path / "config.json").write_text(json.dumps(vars(options) | {"numerics_fingerprint": other}))
+    outputs.claim_output_folder(options)
+    lines = capsys.readouterr().out.splitlines()
+    warning = next(i for i, line in enumerate(lines) if line.startswith("warning:"))
+    assert "fingerprint 00000000" in lines[warning] and "matmul" in lines[warning]
+    assert lines[warning + 1].startswith("resuming: 1 finished arms")
+    now = json.loads((tmp_path / "config.json").read_text())["numerics_fingerprint"]
+    assert now == numerics.fingerprint(options.numerics) and now["id"] != "00000000"
+    outputs.claim_output_folder(options)  # resumed again under the same numerics: no warning
+    assert "warning:" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
