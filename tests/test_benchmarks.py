@@ -75,17 +75,20 @@ def test_bench_anchors_runs_only_the_parts_asked(tmp_path, task_cache, monkeypat
 
 
 @pytest.mark.parametrize(
-    "argv, message",
-    [(["--parts", "c"], "--parts c: expected some of lr,a,c,b, c only with a"),
-     (["--parts", "b,x"], "--parts b,x: expected some of lr,a,c,b"),
-     (["--ranges", "8-16,100-200"], "--ranges 8-16,100-200: 100-200 is not one of 8-16,20-30"),
-     (["--methods", "sparse,shap"], "--methods sparse,shap: expected some of sparse,uniform,abc"),
-     (["--parts", "b"], "--learning-rate: give it exactly when --parts leaves out lr"),
-     (["--learning-rate", "1e-4"], "--learning-rate: give it exactly when --parts leaves out lr")],
+    "name, argv, message",
+    [("anchors", ["--parts", "c"], "--parts c: expected some of lr,a,c,b, c only with a"),
+     ("anchors", ["--parts", "b,x"], "--parts b,x: expected some of lr,a,c,b"),
+     ("anchors", ["--ranges", "8-16,100-200"], "--ranges 8-16,100-200: 100-200 is not one of 8-16,20-30"),
+     ("anchors", ["--methods", "sparse,shap"], "--methods sparse,shap: expected some of sparse,"),
+     ("anchors", ["--parts", "b"], "--learning-rate: give it exactly when --parts"),
+     ("anchors", ["--learning-rate", "1e-4"], "--learning-rate: give it exactly when --parts"),
+     ("estimators", ["--estimators", "gae-1,grpo"], "--estimators gae-1,grpo: 'grpo' is not one of"),
+     ("estimators", ["--ranges", "8-16,20-30"], "--ranges 8-16,20-30: '20-30' is not one of"),
+     ("estimators", ["--seeds", "1"], "--seeds 1: expected >= 2")],
 )  # fmt: skip
-def test_bench_anchors_refuses_bad_parts_in_one_line(argv, message, monkeypatch, capsys):
-    bench = load("bench_anchors")
-    monkeypatch.setattr(sys, "argv", ["bench_anchors.py", *argv])
+def test_benchmarks_refuse_bad_values_in_one_line(name, argv, message, monkeypatch, capsys):
+    bench = load(f"bench_{name}")
+    monkeypatch.setattr(sys, "argv", [f"bench_{name}.py", *argv])
     with pytest.raises(SystemExit) as exit_:
         bench.parse()
     assert exit_.value.code == 2 and message in capsys.readouterr().err
@@ -109,17 +112,3 @@ def test_bench_estimators_smoke_trains_each_estimator_and_prints_the_map(
     }
     assert {c["advantage"] for c in configs.values()} == {"gae", "group"}
     assert all(c["group_size"] == 2 for c in configs.values() if c["advantage"] == "group")
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [(["--estimators", "gae-1,grpo"], "--estimators gae-1,grpo: 'grpo' is not one of"),
-     (["--ranges", "8-16,20-30"], "--ranges 8-16,20-30: '20-30' is not one of"),
-     (["--seeds", "1"], "--seeds 1: expected >= 2")],
-)  # fmt: skip
-def test_bench_estimators_refuses_bad_values_in_one_line(argv, message, monkeypatch, capsys):
-    bench = load("bench_estimators")
-    monkeypatch.setattr(sys, "argv", ["bench_estimators.py", *argv])
-    with pytest.raises(SystemExit) as exit_:
-        bench.parse()
-    assert exit_.value.code == 2 and message in capsys.readouterr().err
