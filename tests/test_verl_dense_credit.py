@@ -86,7 +86,7 @@ def setup(tmp_path_factory):
 
 
 def verl_config(setup, weights, **more) -> OmegaConf:
-    """The lines of a verl run that pick the manager (README), as the config verl's loader reads."""
+    """The lines of a verl run that pick the manager (docs/verl.md), as the config verl's loader reads."""
     settings = {"model_path": setup.path, "weights": weights, "device": "cpu", **more}
     return picked_by(settings)
 
