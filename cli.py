@@ -198,8 +198,11 @@ def numpy_dispatched() -> str:
     """The SIMD features numpy dispatches to on this CPU, by numpy's own names for its version (1.x: AVX2,
     AVX512F, ...; 2.4: X86_V3, X86_V4, ...), asked in a child process so that numpy loads here after the
     variable. Only features this CPU has: numpy warns at every import about one it cannot disable."""
-    code = ("import numpy\nm = getattr(numpy, '_core', getattr(numpy, 'core', None))._multiarray_umath\n"
-            "print(' '.join(x for x in m.__cpu_dispatch__ if m.__cpu_features__.get(x)))")  # fmt: skip
+    code = (
+        "import numpy\n"
+        "m = getattr(numpy, '_core', getattr(numpy, 'core', None))._multiarray_umath\n"
+        "print(' '.join(x for x in m.__cpu_dispatch__ if m.__cpu_features__.get(x)))"
+    )
     env = {k: v for k, v in os.environ.items() if k != NUMPY}
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env

@@ -35,8 +35,19 @@ import os
 import platform
 import re
 
-CLASSES = ("matmul", "gelu", "vector", "attention", "adamw", "libm", "sampling", "models", "linalg", "numpy",
-           "openblas")  # fmt: skip
+CLASSES = (
+    "matmul",
+    "gelu",
+    "vector",
+    "attention",
+    "adamw",
+    "libm",
+    "sampling",
+    "models",
+    "linalg",
+    "numpy",
+    "openblas",
+)
 DOCS_SUMMARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "summary.md")
 LINE = "CPU numerics: `--numerics {mode}`, fingerprint `{id}`"
 
@@ -148,11 +159,18 @@ def tiny_models(g) -> dict[str, str]:
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # no notes on the configs' defaults
     try:
-        gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-            n_layer=2, n_head=4, n_embd=64, vocab_size=300, n_positions=64))  # fmt: skip
-        bert = transformers.BertForSequenceClassification(transformers.BertConfig(
-            vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-            max_position_embeddings=64, num_labels=2))  # fmt: skip
+        gpt2_config = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=64, vocab_size=300, n_positions=64)
+        gpt2 = transformers.GPT2LMHeadModel(gpt2_config)
+        bert_config = transformers.BertConfig(
+            vocab_size=300,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=64,
+            num_labels=2,
+        )
+        bert = transformers.BertForSequenceClassification(bert_config)
         ids = torch.randint(0, 300, (4, 20), generator=g)
         hashes = {}
         for name, model in [("GPT-2", gpt2), ("BERT", bert)]:
@@ -188,9 +206,14 @@ def fingerprint(mode: str) -> dict:
     classes = {}
     for name, hashes in found.items():
         classes[name] = hashlib.sha256(" ".join(hashes.values()).encode()).hexdigest()[:6]
-    versions = dict(torch=torch.__version__, transformers=transformers.__version__, numpy=np.__version__,
-                    scipy=scipy.__version__, python=platform.python_version(),
-                    libc=" ".join(platform.libc_ver()))  # fmt: skip
+    versions = dict(
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        numpy=np.__version__,
+        scipy=scipy.__version__,
+        python=platform.python_version(),
+        libc=" ".join(platform.libc_ver()),
+    )
     whole = hashlib.sha256(" ".join(classes.values()).encode()).hexdigest()[:8]
     return {"mode": mode, "id": whole, "classes": classes, "versions": versions}
 
@@ -217,10 +240,12 @@ def versus_docs(record: dict, path: str = DOCS_SUMMARY) -> str | None:
     docs = documented(path)
     if docs is None or docs["mode"] != record["mode"] or docs["id"] == record["id"]:
         return None
-    return (f"This CPU computes differently from the one that made docs/summary.md (numerics fingerprint "
-            f"{record['id']}, the docs' {docs['id']}): the same command draws another run of the same "
-            f"experiment here, so its table differs from the docs' to the digit; compare the spread over "
-            f"seeds (docs/results.md), not the digits. Not a bug.")  # fmt: skip
+    return (
+        f"This CPU computes differently from the one that made docs/summary.md (numerics fingerprint "
+        f"{record['id']}, the docs' {docs['id']}): the same command draws another run of the same "
+        f"experiment here, so its table differs from the docs' to the digit; compare the spread over "
+        f"seeds (docs/results.md), not the digits. Not a bug."
+    )
 
 
 def changed(before: dict | None, now: dict) -> str | None:
@@ -228,9 +253,11 @@ def changed(before: dict | None, now: dict) -> str | None:
     if before is None or before.get("id") == now["id"]:
         return None
     parted = [name for name, value in now["classes"].items() if before.get("classes", {}).get(name) != value]
-    return (f"warning: the finished arms here were trained under numerics fingerprint {before.get('id')}, "
-            f"this process computes {now['id']} ({', '.join(parted)} differ): the arms it adds are other "
-            f"draws, and the mix is no run one machine would give")  # fmt: skip
+    return (
+        f"warning: the finished arms here were trained under numerics fingerprint {before.get('id')}, "
+        f"this process computes {now['id']} ({', '.join(parted)} differ): the arms it adds are other "
+        f"draws, and the mix is no run one machine would give"
+    )
 
 
 def main() -> None:

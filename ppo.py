@@ -1,6 +1,7 @@
 """PPO for language models, driven by per-token rewards.
 
-One file, top to bottom, in the spirit of CleanRL's ppo.py, adapted to causal LMs:
+Top to bottom, in the spirit of CleanRL's ppo.py, adapted to causal LMs (the sampler and the
+log-probs of what it drew are in sampling.py: copy the two files together):
 
     1. rollout     sample G responses per prompt (KV-cached loop), then recompute their
                    log-probs under the policy and a frozen reference, and the values
@@ -32,7 +33,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+import sampling
 
 ADVANTAGES = ("gae", "group", "reinforce++")
 
@@ -267,6 +269,20 @@ def leave_one_out(returns: torch.Tensor, response_mask: torch.Tensor, group_size
     return (returns - baseline.reshape(-1, 1)) * response_mask  # (B, T)
 
 
+def clipped_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range: float):
+    """PPO's clipped surrogate (Schulman et al. 2017), as a loss to minimise:
+
+        L = mean_t max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps)),  rho_t = pi / pi_old
+
+    Returns (L, rho, log rho); rho (b, T) is 1 and log rho 0 outside the mask.
+    """
+    log_ratio = (logprobs - old_logprobs) * mask  # (b, T) log rho
+    ratio = log_ratio.exp()  # (b, T) rho
+    clipped_ratio = ratio.clamp(1 - clip_range, 1 + clip_range)
+    surrogate = torch.max(-advantages * ratio, -advantages * clipped_ratio)  # (b, T)
+    return masked_mean(surrogate, mask), ratio, log_ratio
+
+
 def clipped_value_loss(values, old_values, returns, response_mask, clip_range_value: float) -> torch.Tensor:
     """0.5 max((V - G)^2, (V_clip - G)^2), V_clip = V_old + clip(V - V_old, +-eps) (37 details, 9)."""
     values_clipped = old_values + (values - old_values).clamp(-clip_range_value, clip_range_value)
@@ -298,121 +314,6 @@ def estimate_advantages(
     return advantages, returns
 
 
-# ---------------------------------------------------------------------------------------
-# Forward passes: sampling and log-probs
-# ---------------------------------------------------------------------------------------
-def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """position_ids = cumsum(mask) - 1, clamped at 0: each row's first real token sits at 0."""
-    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-
-
-def response_logprobs(
-    model,
-    prompt_ids,
-    prompt_mask,
-    response_ids,
-    response_mask,
-    temperature=1.0,
-    value_head=None,
-    eos_token_id=None,
-    min_new_tokens=0,
-):
-    """One forward over [prompt; response] -> log pi(y_t | x, y_<t), entropy, V(x, y_<t).
-
-    The state before response token t sits at position P - 1 + t, so the T states that
-    predict the response are hidden[:, P-1 : P+T-1]; the last response token predicts
-    nothing and is left out of the input. The log-probs are those of the distribution
-    `sample` draws from: logits divided by the temperature, and EOS blocked at the first
-    min_new_tokens steps (given eos_token_id). Scored under the unblocked softmax instead,
-    the EOS mass the sampler never draws is free to grow: every sampled token's log pi
-    falls below the reference's, the k1 KL estimate goes negative and its penalty
-    -beta k1 rewards the drift (TRL's training FAQ: "negative KL", min_length).
-    Returns (logprobs, entropy, values), each (B, T) and zero outside response_mask;
-    values is None without a value head.
-    """
-    input_ids = torch.cat([prompt_ids, response_ids[:, :-1]], dim=1)  # (B, P+T-1)
-    attention_mask = torch.cat([prompt_mask, response_mask[:, :-1]], dim=1)  # (B, P+T-1)
-    hidden = model.base_model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=left_padded_positions(attention_mask)
-    ).last_hidden_state
-    hidden = hidden[:, prompt_ids.shape[1] - 1 :]  # (B, T, H)
-    logits = model.get_output_embeddings()(hidden).float() / temperature  # (B, T, V)
-    if eos_token_id is not None:  # a finite floor: its probability is exactly 0, its entropy term 0, not nan
-        logits[:, :min_new_tokens, eos_token_id] = torch.finfo(logits.dtype).min
-    all_logprobs = F.log_softmax(logits, dim=-1)  # (B, T, V)
-    logprobs = all_logprobs.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
-    entropy = -(all_logprobs.exp() * all_logprobs).sum(dim=-1)  # (B, T)
-    values = None if value_head is None else value_head(hidden).squeeze(-1).float() * response_mask
-    return logprobs * response_mask, entropy * response_mask, values
-
-
-def drawn_as(config: "PPOConfig", eos_token_id: int) -> dict:
-    """response_logprobs' keyword arguments that score tokens as `sample` drew them under config."""
-    return dict(
-        temperature=config.temperature, eos_token_id=eos_token_id, min_new_tokens=config.min_new_tokens
-    )
-
-
-@torch.no_grad()
-def sample(model, prompt_ids, prompt_mask, config, pad_token_id, eos_token_id, greedy=False, generator=None):
-    """Autoregressive sampling with a KV cache from left-padded prompts, config a PPOConfig.
-
-    Each step feeds one token with its own position (last position + 1) and the grown
-    attention mask. EOS is forbidden before min_new_tokens; after a row's EOS it gets
-    pad_token_id. Returns response_ids (B, T) and response_mask (B, T), T <= max_new_tokens.
-    PPO scores the tokens under softmax(logits / temperature) with the same EOS block
-    (response_logprobs); a top-k/top-p cut it leaves out, as TRL does.
-    """
-    batch = prompt_ids.shape[0]
-    attention_mask = prompt_mask.long()
-    positions = left_padded_positions(attention_mask)  # (B, P)
-    out = model(input_ids=prompt_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True)
-    next_position = positions[:, -1:] + 1  # (B, 1)
-    done = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
-    tokens, masks = [], []
-    for step in range(config.max_new_tokens):
-        logits = out.logits[:, -1].float() / config.temperature  # (B, V)
-        if step < config.min_new_tokens:
-            logits[:, eos_token_id] = -float("inf")
-        if greedy:
-            token = logits.argmax(dim=-1)
-        else:
-            probs = F.softmax(filter_top_k_top_p(logits, config.top_k, config.top_p), dim=-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
-        masks.append(~done)
-        token = token.masked_fill(done, pad_token_id)
-        tokens.append(token)
-        done = done | (token == eos_token_id)
-        if done.all():
-            break
-        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-        cache_name = "cache" if "cache" in out else "past_key_values"  # transformers 5.2x renamed it
-        out = model(
-            input_ids=token[:, None],
-            attention_mask=attention_mask,
-            position_ids=next_position,
-            use_cache=True,
-            **{cache_name: out[cache_name]},
-        )
-        next_position = next_position + 1
-    return torch.stack(tokens, dim=1), torch.stack(masks, dim=1).long()
-
-
-def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Set to -inf every logit outside the top k and outside the smallest set of mass >= top_p."""
-    if top_k > 0:
-        kth_best = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth_best, -float("inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        sorted_probs = F.softmax(sorted_logits, dim=-1)
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # (B, V)
-        remove_sorted = mass_before > top_p  # (B, V)
-        remove = torch.empty_like(remove_sorted).scatter_(-1, order, remove_sorted)
-        logits = logits.masked_fill(remove, -float("inf"))
-    return logits
-
-
 def clock(device: torch.device) -> float:
     """Wall time, after waiting for queued GPU work so phases are timed honestly."""
     if device.type == "cuda":
@@ -424,68 +325,79 @@ def clock(device: torch.device) -> float:
 # The trainer
 # ---------------------------------------------------------------------------------------
 class PPOTrainer:
-    """Holds the policy, its frozen reference, the value head, the optimiser and the KL coef."""
+    """The policy, its frozen reference, the value head, the optimiser, the KL coef."""
 
     def __init__(self, policy, config: PPOConfig, pad_token_id: int, eos_token_id: int, ref_policy=None):
-        if config.device == "auto":
-            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        else:
-            self.device = torch.device(config.device)
-        self.config, self.pad_token_id, self.eos_token_id = config, pad_token_id, eos_token_id
+        auto = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(auto if config.device == "auto" else config.device)
+        self.config = config
+        self.pad_token_id, self.eos_token_id = pad_token_id, eos_token_id
         self.kl_coef = config.kl_coef
-        self.drawn_as = drawn_as(config, eos_token_id)
-        # Dropout off: a dropout mask would make pi_old != pi_theta before any update
-        # (N implementation details of RLHF, detail "disable dropout").
+        self.drawn_as = sampling.drawn_as(config, eos_token_id)
+        # Dropout off: a dropout mask would make pi_old != pi_theta before any
+        # update (N implementation details of RLHF, "disable dropout").
         self.policy = policy.to(self.device).eval()
+        # Frozen by use, not by flag: it only runs under no_grad in rollout(), so a
+        # caller's model passed as the reference (the SFT model, copied again for
+        # the next run) stays trainable.
         reference = copy.deepcopy(policy) if ref_policy is None else ref_policy
-        # Frozen by use, not by flag: it only runs under no_grad in rollout(), so a caller's
-        # model passed as the reference (say the SFT model, copied again for the next run)
-        # stays trainable.
         self.ref_policy = reference.to(self.device).eval()
         torch.manual_seed(config.seed)
         self.value_head = None  # the critic: GAE only
         if config.advantage == "gae":
-            self.value_head = nn.Linear(policy.config.hidden_size, 1).to(self.device)
+            hidden = policy.config.hidden_size
+            self.value_head = nn.Linear(hidden, 1).to(self.device)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
-        critic = [] if self.value_head is None else list(self.value_head.parameters())
-        self.parameters = list(self.policy.parameters()) + critic
+        self.parameters = list(self.policy.parameters())
+        if self.value_head is not None:
+            self.parameters += list(self.value_head.parameters())
         # Adam eps 1e-5 (37 implementation details, detail 3).
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, eps=1e-5, fused=True)
+        lr = config.learning_rate
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=lr, eps=1e-5, fused=True)
 
     def autocast(self):
-        """bfloat16 autocast when config.bf16 (cuda only), otherwise a no-op context."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
+        """bfloat16 autocast when config.bf16 (cuda only), else a no-op."""
+        on = self.config.bf16
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
     def sample_on_device(self, prompt_ids, prompt_mask, greedy: bool = False):
-        """`sample` with this trainer's policy, tokens and generator, on its device."""
+        """sampling.sample with this trainer's policy and generator."""
         config, pad, eos = self.config, self.pad_token_id, self.eos_token_id
         with self.autocast():
-            return sample(self.policy, prompt_ids, prompt_mask, config, pad, eos, greedy, self.generator)
+            return sampling.sample(
+                self.policy, prompt_ids, prompt_mask, config, pad, eos, greedy, self.generator
+            )
 
     def generate(self, prompt_ids, prompt_mask, greedy: bool = False):
-        """Sample (or greedily decode) responses; CPU tensors in, CPU tensors out."""
-        response_ids, response_mask = self.sample_on_device(
-            prompt_ids.to(self.device), prompt_mask.to(self.device), greedy
-        )
-        return response_ids.cpu(), response_mask.cpu()
+        """Sample (or greedily decode) responses: CPU tensors in and out."""
+        prompt_ids = prompt_ids.to(self.device)  # (B, P)
+        prompt_mask = prompt_mask.to(self.device)  # (B, P)
+        ids, mask = self.sample_on_device(prompt_ids, prompt_mask, greedy)
+        return ids.cpu(), mask.cpu()  # (B, T) each
+
+    def logprobs(self, model, tokens: tuple, value_head=None):
+        """sampling.response_logprobs of `model` under the sampler's
+        temperature and EOS block, in autocast: (B, T) each."""
+        with self.autocast():
+            return sampling.response_logprobs(model, *tokens, value_head=value_head, **self.drawn_as)
 
     # 1. rollout
     @torch.no_grad()
     def rollout(self, prompt_ids, prompt_mask) -> Rollout:
-        """Sample config.group_size responses per prompt (a prompt's rows in a row: B = prompts x G),
-        then old log-probs + values (one forward) and ref log-probs."""
-        group_size = self.config.group_size
-        prompt_ids = prompt_ids.to(self.device).repeat_interleave(group_size, dim=0)  # (B, P)
-        prompt_mask = prompt_mask.to(self.device).repeat_interleave(group_size, dim=0)  # (B, P)
+        """Sample G = config.group_size responses per prompt (a prompt's G
+        rows in a row: B = prompts x G), then the old log-probs and values
+        (one forward) and the reference's log-probs."""
+        G = self.config.group_size
+        prompt_ids = prompt_ids.to(self.device)
+        prompt_ids = prompt_ids.repeat_interleave(G, dim=0)  # (B, P)
+        prompt_mask = prompt_mask.to(self.device)
+        prompt_mask = prompt_mask.repeat_interleave(G, dim=0)  # (B, P)
         start = clock(self.device)
         response_ids, response_mask = self.sample_on_device(prompt_ids, prompt_mask)
         generated = clock(self.device)
         tokens = (prompt_ids, prompt_mask, response_ids, response_mask)
-        with self.autocast():
-            logprobs, _, values = response_logprobs(
-                self.policy, *tokens, value_head=self.value_head, **self.drawn_as
-            )
-            ref_logprobs, _, _ = response_logprobs(self.ref_policy, *tokens, **self.drawn_as)
+        logprobs, _, values = self.logprobs(self.policy, tokens, self.value_head)
+        ref_logprobs, _, _ = self.logprobs(self.ref_policy, tokens)
         forward_seconds = clock(self.device) - generated
         return Rollout(*tokens, logprobs, ref_logprobs, values, generated - start, forward_seconds)
 
@@ -493,8 +405,9 @@ class PPOTrainer:
     def update(
         self, rollout: Rollout, token_rewards: torch.Tensor, scores: torch.Tensor | None = None
     ) -> dict[str, float]:
-        """One PPO iteration on a rollout; token_rewards (B, T) come from the caller."""
-        config, mask = self.config, rollout.response_mask.float()
+        """One PPO iteration on a rollout; token_rewards (B, T) from the caller."""
+        config = self.config
+        mask = rollout.response_mask.float()  # (B, T)
         if token_rewards.shape != mask.shape:
             raise ValueError(
                 f"token_rewards of shape {tuple(token_rewards.shape)}, expected "
@@ -504,33 +417,30 @@ class PPOTrainer:
         if (token_rewards * (1 - mask)).abs().max() > 0:
             raise ValueError("token_rewards must be zero outside response_mask (after EOS)")
         start = clock(self.device)
+        old_logprobs, ref_logprobs = rollout.logprobs, rollout.ref_logprobs
 
-        # 2. Per-token KL penalty (Ziegler et al. 2019): r_t - kl_coef * KL_t, KL_t by k1 or k3.
-        kl_penalty = kl_per_token(rollout.logprobs, rollout.ref_logprobs, mask, config.kl_estimator)  # (B, T)
-        rewards = token_rewards - self.kl_coef * kl_penalty  # (B, T)
+        # 2. Per-token KL penalty (Ziegler et al. 2019): r_t - kl_coef KL_t.
+        kl = kl_per_token(old_logprobs, ref_logprobs, mask, config.kl_estimator)
+        rewards = token_rewards - self.kl_coef * kl  # (B, T)
 
-        # 3. Advantages: GAE on the value head, or critic-free from the reward-to-go.
+        # 3. Advantages: GAE on the value head, or critic-free.
         advantages, returns = estimate_advantages(config, rewards, rollout.values, mask)  # (B, T) each
 
-        # 4. PPO epochs over shuffled minibatches (Schulman et al. 2017; 37 details, detail 6).
-        batch_size = mask.shape[0]
+        # 4. PPO epochs over shuffled minibatches (37 details, detail 6).
+        B = mask.shape[0]
         tokens = (rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask)
         minibatch_stats, first_ratio_error = [], None
         for _ in range(config.ppo_epochs):
-            order = torch.randperm(batch_size, generator=self.generator, device=self.device)
-            for start_row in range(0, batch_size, config.minibatch_size):
-                rows = order[start_row : start_row + config.minibatch_size]
-                mb_mask = mask[rows]
-                with self.autocast():
-                    logprobs, entropy, values = response_logprobs(
-                        self.policy, *(x[rows] for x in tokens), value_head=self.value_head, **self.drawn_as
-                    )
-                # Clipped surrogate: max(-A r, -A clip(r, 1 - eps, 1 + eps)), r = pi / pi_old.
-                log_ratio = (logprobs - rollout.logprobs[rows]) * mb_mask
-                ratio = log_ratio.exp()
-                clipped_ratio = ratio.clamp(1 - config.clip_range, 1 + config.clip_range)
-                policy_loss = masked_mean(
-                    torch.max(-advantages[rows] * ratio, -advantages[rows] * clipped_ratio), mb_mask
+            order = torch.randperm(B, generator=self.generator, device=self.device)
+            for first in range(0, B, config.minibatch_size):
+                rows = order[first : first + config.minibatch_size]  # (b,)
+                mb_mask = mask[rows]  # (b, T)
+                mb_tokens = tuple(x[rows] for x in tokens)
+                logprobs, entropy, values = self.logprobs(
+                    self.policy, mb_tokens, self.value_head
+                )  # (b, T) each
+                policy_loss, ratio, log_ratio = clipped_policy_loss(
+                    logprobs, old_logprobs[rows], advantages[rows], mb_mask, config.clip_range
                 )
                 mean_entropy = masked_mean(entropy, mb_mask)
                 logged = dict(policy_loss=policy_loss, entropy=mean_entropy)
@@ -544,28 +454,33 @@ class PPOTrainer:
 
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_(self.parameters, config.max_grad_norm)  # detail 11
+                norm = config.max_grad_norm  # detail 11
+                nn.utils.clip_grad_norm_(self.parameters, norm)
                 self.optimizer.step()
                 with torch.no_grad():
-                    clipped = ((ratio - 1).abs() > config.clip_range).float()
-                    logged["clip_fraction"] = masked_mean(clipped, mb_mask)
-                    logged["approx_kl"] = masked_mean(ratio - 1 - log_ratio, mb_mask)  # k3, pi_old vs pi
+                    off = (ratio - 1).abs() > config.clip_range
+                    clip_fraction = masked_mean(off.float(), mb_mask)
+                    logged["clip_fraction"] = clip_fraction
+                    # k3 of pi_old to pi
+                    approx_kl = masked_mean(ratio - 1 - log_ratio, mb_mask)
+                    logged["approx_kl"] = approx_kl
                     minibatch_stats.append(logged)
                     if first_ratio_error is None:
-                        # Before any step pi == pi_old, so this is 0 up to float rounding;
-                        # anything else means the log-prob recomputation is inconsistent.
-                        first_ratio_error = ((ratio - 1) * mb_mask).abs().max()
+                        # Before any step pi == pi_old: 0 up to rounding, else
+                        # the log-prob recomputation is inconsistent.
+                        error = ((ratio - 1) * mb_mask).abs().max()
+                        first_ratio_error = error
 
-        # Adaptive KL controller (Ziegler et al. 2019): beta *= 1 + clip(KL/target - 1, +-0.2) n/H.
-        sequence_kl = (
-            kl_per_token(rollout.logprobs, rollout.ref_logprobs, mask, "k1").sum(dim=1).mean().item()
-        )
+        # Adaptive KL controller (Ziegler et al. 2019):
+        #   beta *= 1 + clip(KL / target - 1, +-0.2) B / H
+        k1 = kl_per_token(old_logprobs, ref_logprobs, mask, "k1")  # (B, T)
+        sequence_kl = k1.sum(dim=1).mean().item()
         kl_coef_used = self.kl_coef
         if config.target_kl is not None:
             error = min(max(sequence_kl / config.target_kl - 1, -0.2), 0.2)
-            self.kl_coef *= 1 + error * batch_size / config.kl_horizon
+            self.kl_coef *= 1 + error * B / config.kl_horizon
 
-        # Statistics: one float each; the minibatch ones are averaged over all minibatches.
+        # Statistics: one float each; minibatch ones averaged.
         stats = {
             name: torch.stack([logged[name] for logged in minibatch_stats]).mean().item()
             for name in minibatch_stats[0]
@@ -573,15 +488,16 @@ class PPOTrainer:
         stats |= {
             "kl": sequence_kl,
             "kl_coef": kl_coef_used,
-            "first_ratio_error": first_ratio_error.item(),  # max |pi/pi_old - 1|, first minibatch
+            # max |pi / pi_old - 1| over the first minibatch
+            "first_ratio_error": first_ratio_error.item(),
             "response_length": mask.sum(dim=1).mean().item(),
             "time_generation": rollout.generation_seconds,
             "time_forward": rollout.forward_seconds,
             "time_update": clock(self.device) - start,
         }
         if returns is not None:  # of the value head: 1 - Var(G - V) / Var(G)
-            unexplained = masked_var(returns - rollout.values, mask) / masked_var(returns, mask)
-            stats["explained_variance"] = (1 - unexplained).item()
+            unexplained = masked_var(returns - rollout.values, mask)
+            stats["explained_variance"] = (1 - unexplained / masked_var(returns, mask)).item()
         if scores is not None:
             stats["score"] = scores.float().mean().item()
         return stats

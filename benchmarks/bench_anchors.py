@@ -59,21 +59,31 @@ import torch  # noqa: E402
 
 import language  # noqa: E402
 import parallel  # noqa: E402
-import ppo  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
+import sampling  # noqa: E402
 import task  # noqa: E402
 
 # TRL 0.7.4's PPO as the ABC repository's scripts ran it: they set the learning rate, 4 epochs and a batch
 # of 16, and TRL's PPOConfig defaults mini_batch_size = 1 (and no gradient accumulation): 64 optimizer
 # steps an iteration. GAE lambda 0.95, gamma 1, clip 0.2 and vf_coef 0.1 are ppo.PPOConfig's defaults too.
-ABC_PROTOCOL = dict(learning_rate=1.41e-5, kl_coef=0.2, target_kl=6.0, kl_horizon=10000, batch_size=16,
-                    iterations=150, minibatch_size=1)  # fmt: skip
+ABC_PROTOCOL = dict(
+    learning_rate=1.41e-5,
+    kl_coef=0.2,
+    target_kl=6.0,
+    kl_horizon=10000,
+    batch_size=16,
+    iterations=150,
+    minibatch_size=1,
+)
 SWEEP_MINIBATCH = 16  # the length sweep (b) as it first ran, before ABC's minibatch of 1 was found
 FLIPS = {  # (c): one of ABC's settings at a time on our protocol
-    "learning rate": ("learning_rate",), "KL controller": ("kl_coef", "target_kl", "kl_horizon"),
-    "batch size": ("batch_size",), "iterations": ("iterations",), "minibatch": ("minibatch_size",),
-}  # fmt: skip
+    "learning rate": ("learning_rate",),
+    "KL controller": ("kl_coef", "target_kl", "kl_horizon"),
+    "batch size": ("batch_size",),
+    "iterations": ("iterations",),
+    "minibatch": ("minibatch_size",),
+}
 RANGES = ((8, 16), (20, 30), (40, 60), (90, 110), (140, 160))
 EXPLAINED_RANGES = ((8, 16), (90, 110))  # where the sweep also trains SHAP and LIME
 PROTOCOL_METHODS = ("sparse", "uniform", "abc", "shap", "lime", "true_shapley")
@@ -83,9 +93,16 @@ LEARNS = 1.0  # held-out reward gained by the end (mean over sparse's and ABC's 
 VERDICTS = ("reproduces", "does not reproduce", "within noise")
 PARTS = ("lr", "a", "c", "b")
 EVALUATIONS = 15  # held-out evaluations per arm, whatever its iterations
-SMOKE = dict(ranges=((4, 16),), short=(4, 16), reviews="sentence", seeds=2, sweep_seeds=2,
-             sweep_iterations=2, learning_rates=(1.41e-5, 4.46e-4),
-             methods=("sparse", "uniform", "abc", "true_shapley"))  # fmt: skip
+SMOKE = dict(
+    ranges=((4, 16),),
+    short=(4, 16),
+    reviews="sentence",
+    seeds=2,
+    sweep_seeds=2,
+    sweep_iterations=2,
+    learning_rates=(1.41e-5, 4.46e-4),
+    methods=("sparse", "uniform", "abc", "true_shapley"),
+)
 SMOKE_RUN = dict(iterations=2, batch_size=4, eval_prompts=4, shap_permutations=2, lime_samples=8)
 
 
@@ -96,8 +113,11 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--sweep-iterations", type=int, default=100, help="PPO steps of the sweep (b)")
     parser.add_argument("--out", default="runs/anchors", help="folder of finished arms and figures")
     parser.add_argument("--parts", default="lr,a,c,b", help="which parts to run, comma-separated")
-    parser.add_argument("--ranges", default=",".join(f"{lo}-{hi}" for lo, hi in RANGES),
-                        help="the sweep's new-token ranges, comma-separated, of these five")  # fmt: skip
+    parser.add_argument(
+        "--ranges",
+        default=",".join(f"{lo}-{hi}" for lo, hi in RANGES),
+        help="the sweep's new-token ranges, comma-separated, of these five",
+    )
     parser.add_argument("--methods", default=",".join(PROTOCOL_METHODS), help="of these, comma-separated")
     parser.add_argument("--learning-rate", type=float, help="every method's, when the parts leave out (lr)")
     parser.add_argument("--smoke", action="store_true", help="every step, tiny, on the default task")
@@ -132,8 +152,8 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
 def group_options(args, run_argv, group: str, lengths, protocol: dict) -> run.Options:
     """run.py's options of one group of cells: its folder, its length range, its protocol."""
     low, high = (str(n) for n in lengths)
-    argv = ["--out", os.path.join(args.out, group), "--reviews", args.reviews, "--min-new-tokens", low,
-            "--max-new-tokens", high, *run_argv]  # fmt: skip
+    argv = ["--out", os.path.join(args.out, group), "--reviews", args.reviews]
+    argv += ["--min-new-tokens", low, "--max-new-tokens", high, *run_argv]
     options = replace(run.parse_options(argv), **(protocol | (SMOKE_RUN if args.smoke else {})))
     return replace(options, eval_every=max(1, options.iterations // EVALUATIONS))
 
@@ -159,8 +179,15 @@ def check_task(setup: run.Setup, options: run.Options, n_reviews: int = 500, n_r
     tokenizer, prompts = setup.tokenizer, setup.task.val_prompts[:n_responses]
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
     generator = torch.Generator().manual_seed(options.seed)
-    ids, mask = ppo.sample(setup.task.policy, enc["input_ids"], enc["attention_mask"], setup.ppo_config,
-                           tokenizer.pad_token_id, tokenizer.eos_token_id, generator=generator)  # fmt: skip
+    ids, mask = sampling.sample(
+        setup.task.policy,
+        enc["input_ids"],
+        enc["attention_mask"],
+        setup.ppo_config,
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+        generator=generator,
+    )
     ends = ids.gather(1, mask.sum(1, keepdim=True) - 1) == tokenizer.eos_token_id  # (B, 1)
     components, _ = run.reward_components(setup, enc["input_ids"], ids, mask, ["shap", "true_shapley"])
     credit = report.fidelity(components["shap"], components["true_shapley"], mask)
@@ -181,7 +208,7 @@ def train_cells(args, run_argv, group: str, lengths, protocol: dict, methods, se
         check_task(setup, options)
     batch = [
         (
-            run.Arm(f"{m}-seed{s}", "baseline", m, run.all_baselines()[m].weights, s, options.kl_coef),
+            run.Arm(f"{m}-seed{s}", "baseline", m, run.credit.all_baselines()[m].weights, s, options.kl_coef),
             run.ON_THE_RM,
         )
         for m in methods
@@ -258,8 +285,10 @@ def table(cells: dict, title: str) -> None:
         gaps = list(matched_gaps(cells, method).values()) if method != "sparse" else []
         gap = report.mean_interval(gaps) + f" n={len(gaps)}" * (len(gaps) < len(arms)) if gaps else ""
         share = f"{sum(map(collapsed, arms))}/{len(arms)}"
-        print(f"{method:<13} {report.mean_interval([a.final for a in arms]):>15} "
-              f"{report.mean_interval([a.final_kl for a in arms]):>15} {gap:>15} {share:>8}")  # fmt: skip
+        print(
+            f"{method:<13} {report.mean_interval([a.final for a in arms]):>15} "
+            f"{report.mean_interval([a.final_kl for a in arms]):>15} {gap:>15} {share:>8}"
+        )
 
 
 def claim(text: str, gaps, anchor_sign: int = 1) -> None:
@@ -296,11 +325,18 @@ def main():
         table(ours, f"(c) our protocol, {short[0]}-{short[1]} tokens")
         their_verdict, our_verdict = (verdict(list(matched_gaps(c, "abc").values())) for c in (theirs, ours))
         if their_verdict != our_verdict:
-            print(f"\n(c) ABC vs sparse: {their_verdict} under ABC's protocol, {our_verdict} under ours; "
-                  "ABC's settings one at a time on ours")  # fmt: skip
+            print(
+                f"\n(c) ABC vs sparse: {their_verdict} under ABC's protocol, {our_verdict} under ours; "
+                "ABC's settings one at a time on ours"
+            )
         for name, keys in FLIPS.items() if their_verdict != our_verdict else ():
-            flipped = cells(f"flip-{name.replace(' ', '-')}", short, {key: protocol[key] for key in keys},
-                            ("sparse", "abc"), args.seeds)  # fmt: skip
+            flipped = cells(
+                f"flip-{name.replace(' ', '-')}",
+                short,
+                {key: protocol[key] for key in keys},
+                ("sparse", "abc"),
+                args.seeds,
+            )
             claim(f"ours with ABC's {name}: ABC - sparse at matched KL", matched_gaps(flipped, "abc"))
 
     # (b) The length sweep.
@@ -314,8 +350,10 @@ def main():
         sweep[lengths] = cells(
             f"{prefix}lr{steps['learning_rate']:g}", lengths, steps, methods, args.sweep_seeds
         )
-        title = (f"(b) length sweep, {lengths[0]}-{lengths[1]} tokens, {args.sweep_iterations} steps, "
-                 f"learning rate {steps['learning_rate']:g}")  # fmt: skip
+        title = (
+            f"(b) length sweep, {lengths[0]}-{lengths[1]} tokens, {args.sweep_iterations} steps, "
+            f"learning rate {steps['learning_rate']:g}"
+        )
         table(sweep[lengths], title)
 
     print("\nverdicts (matched KL unless said; 95% intervals over seeds)")
@@ -327,12 +365,13 @@ def main():
     long = [lengths for lengths in sweep if lengths[0] >= 90] or list(sweep)[-1:]
     for lengths in long:
         for method in [m for m in ("abc", "uniform") if (m, 1) in sweep[lengths]]:
-            claim(f"2. {method} above sparse at {lengths[0]}-{lengths[1]}, final reward",
-                  final_gaps(sweep[lengths], method))  # fmt: skip
-            claim(f"   {method} above sparse at {lengths[0]}-{lengths[1]}",
-                  matched_gaps(sweep[lengths], method))  # fmt: skip
-        share = [collapsed(sweep[lengths]["sparse", s]) - collapsed(sweep[lengths]["abc", s])
-                 for s in range(1, args.sweep_seeds + 1)]  # fmt: skip
+            above = f"{method} above sparse at {lengths[0]}-{lengths[1]}"
+            claim(f"2. {above}, final reward", final_gaps(sweep[lengths], method))
+            claim(f"   {above}", matched_gaps(sweep[lengths], method))
+        share = [
+            collapsed(sweep[lengths]["sparse", s]) - collapsed(sweep[lengths]["abc", s])
+            for s in range(1, args.sweep_seeds + 1)
+        ]
         claim(f"3. sparse collapses more often than ABC at {lengths[0]}-{lengths[1]} (share)", share)
     if short in sweep and long and long[-1] != short:
         at_long, at_short = matched_gaps(sweep[long[-1]], "abc"), matched_gaps(sweep[short], "abc")

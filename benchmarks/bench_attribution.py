@@ -33,6 +33,7 @@ cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import coalitions  # noqa: E402
 import language  # noqa: E402
 import reward_attribution as ra  # noqa: E402
 import scoring  # noqa: E402
@@ -95,7 +96,7 @@ def main(args: Args) -> None:
         return scoring.score(task.reward_model, task.reward_tokenizer, prompt_texts, response_texts)
 
     # 1. sequence rewards, and the two truths of the embedded language per response token
-    prompt_texts, pieces = ra.response_texts(task.policy_tokenizer, *ids)
+    prompt_texts, pieces = coalitions.response_texts(task.policy_tokenizer, *ids)
     scores = reward_fn(prompt_texts, ["".join(row) for row in pieces])  # (B,)
     words = [
         task.policy_tokenizer.convert_ids_to_tokens(row[:n])

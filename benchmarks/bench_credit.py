@@ -4,7 +4,7 @@
     python benchmarks/bench_credit.py --part short
 
     before  the text path: coalition texts tokenized by the RM's tokenizer, the eager RM
-    after   coalitions built as RM ids (reward_attribution.TokenReward), the RM's SDPA view
+    after   coalitions built as RM ids (coalitions.TokenReward), the RM's SDPA view
             (scoring.sdpa_view), the AttributionConfig defaults
 
 1. short: one batch of 64 SFT responses of 8-16 new tokens on the embedded task, 1 thread: the
@@ -39,8 +39,10 @@ cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import coalitions  # noqa: E402
 import ppo  # noqa: E402
 import reward_attribution as ra  # noqa: E402
+import sampling  # noqa: E402
 import scoring  # noqa: E402
 import task as task_module  # noqa: E402
 
@@ -88,7 +90,7 @@ def paths(reward_model, reward_tokenizer, watch):
     text_fn = watch.wrap("reward_fn", lambda p, r: scoring.score(reward_model, reward_tokenizer, p, r))
     ids_fn = watch.wrap("reward_fn", lambda i, m: scoring.score_ids(view, i, m))
     limit = reward_model.config.max_position_embeddings
-    return {"before": text_fn, "after": ra.TokenReward(reward_tokenizer, ids_fn, limit)}
+    return {"before": text_fn, "after": coalitions.TokenReward(reward_tokenizer, ids_fn, limit)}
 
 
 def time_credit(prompts, pieces, reward, config, watch) -> dict[str, float]:
@@ -128,8 +130,8 @@ def profile(policy, tokenizer, reward_model, reward_tokenizer, prompts, ppo_conf
     runs = []
     for _ in range(repeats):
         rollout, rollout_seconds = sample_batch(trainer, tokenizer, prompts)
-        prompt_texts, pieces = ra.response_texts(tokenizer, *[x.cpu() for x in (rollout.prompt_ids,
-                                                 rollout.response_ids, rollout.response_mask)])  # fmt: skip
+        on_cpu = [x.cpu() for x in (rollout.prompt_ids, rollout.response_ids, rollout.response_mask)]
+        prompt_texts, pieces = coalitions.response_texts(tokenizer, *on_cpu)
         run = {"rollout": rollout_seconds, "tokens": rollout.response_mask.sum(1).float().mean().item()}
         for path in ("before", "after"):
             credit = time_credit(prompt_texts, pieces, rewards[path], configs[path], watch)
@@ -164,8 +166,10 @@ def report(best, configs, methods, target, what):
     ratio = {path: sum(best[path][m]["total"] for m in methods) / update for path in ("before", "after")}
     speedup = ratio["before"] / ratio["after"]
     met = "met" if ratio["after"] <= target else "NOT met"
-    print(f"{what}: before {ratio['before']:.2f} x the update, after {ratio['after']:.2f} x "
-          f"({speedup:.1f}x faster); target <= {target}: {met}")  # fmt: skip
+    print(
+        f"{what}: before {ratio['before']:.2f} x the update, after {ratio['after']:.2f} x "
+        f"({speedup:.1f}x faster); target <= {target}: {met}"
+    )
 
 
 def part_short(args):
@@ -192,10 +196,16 @@ def part_long(args):
     torch.manual_seed(0)
     tokenizer = the_task.policy_tokenizer
     encoded = tokenizer(the_task.val_prompts[:32], padding=True, return_tensors="pt")
-    ids, mask = ppo.sample(the_task.policy, encoded["input_ids"], encoded["attention_mask"], config,
-                           tokenizer.pad_token_id, tokenizer.eos_token_id)  # fmt: skip
+    ids, mask = sampling.sample(
+        the_task.policy,
+        encoded["input_ids"],
+        encoded["attention_mask"],
+        config,
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+    )
     reward = paths(the_task.reward_model, the_task.reward_tokenizer, Stopwatch())["after"]
-    prompt_texts, pieces = ra.response_texts(tokenizer, encoded["input_ids"], ids, mask)
+    prompt_texts, pieces = coalitions.response_texts(tokenizer, encoded["input_ids"], ids, mask)
     game = task_module.true_credit(the_task, "true_shapley", the_task.val_prompts[:32], ids, mask)  # (B, T)
     reference, _ = padded_shap(
         prompt_texts, pieces, reward, ra.AttributionConfig(seed=99, shap_permutations=64), mask
@@ -208,11 +218,13 @@ def part_long(args):
         for seed in range(3):
             explainer = ra.AttributionConfig(seed=seed, shap_permutations=k)
             values, rows = padded_shap(prompt_texts, pieces, reward, explainer, mask)
-            figures.append((rows / len(prompt_texts), correlation(values, reference, mask),
-                            correlation(values, game, mask)))  # fmt: skip
+            fits = correlation(values, reference, mask), correlation(values, game, mask)
+            figures.append((rows / len(prompt_texts), *fits))
         (rows, explainer, end_to_end), worst = np.mean(figures, 0), np.min(figures, 0)
-        print(f"   SHAP K = {k:>2}: {rows:6.1f} RM rows per response, explainer {explainer:.3f} "
-              f"({worst[1]:.3f}), end-to-end {end_to_end:.3f} ({worst[2]:.3f})")  # fmt: skip
+        print(
+            f"   SHAP K = {k:>2}: {rows:6.1f} RM rows per response, explainer {explainer:.3f} "
+            f"({worst[1]:.3f}), end-to-end {end_to_end:.3f} ({worst[2]:.3f})"
+        )
 
 
 def padded_shap(prompts, pieces, reward, config, mask) -> tuple[torch.Tensor, int]:
@@ -242,7 +254,7 @@ def part_fidelity(args):
     batch = (encoded["input_ids"], response_ids, mask)
     lengths = mask.sum(1)
     reward = paths(the_task.reward_model, the_task.reward_tokenizer, Stopwatch())["after"]
-    prompt_texts, pieces = ra.response_texts(the_task.policy_tokenizer, *batch)
+    prompt_texts, pieces = coalitions.response_texts(the_task.policy_tokenizer, *batch)
     exact, _ = ra.attribute_texts(
         "shap", prompt_texts, pieces, reward, ra.AttributionConfig(shap_backend="exact")
     )
@@ -254,8 +266,10 @@ def part_fidelity(args):
         f"\n3. fidelity: 64 SFT responses, {spread}; RM fidelity (its exact Shapley vs the game's) {rm:.3f}"
     )
     print(f"{'':<22}{'mean of 3 seeds':^23}{'worst seed':^25}")
-    print(f"{'method':<6}{'n':>5}{'rows/resp':>11}{'explainer':>11}{'end-to-end':>12}"
-          f"{'explainer':>13}{'end-to-end':>12}")  # fmt: skip
+    print(
+        f"{'method':<6}{'n':>5}{'rows/resp':>11}{'explainer':>11}{'end-to-end':>12}"
+        f"{'explainer':>13}{'end-to-end':>12}"
+    )
     grid = [("shap", "shap_permutations", k) for k in (1, 2, 4, 6, 8, 12, 16)]
     grid += [("lime", "lime_samples", s) for s in (16, 24, 32, 48, 64, 96, 128, 256)]
     for method, field, n in grid:
@@ -269,8 +283,10 @@ def part_fidelity(args):
             )
         rows, explainer, end_to_end = np.mean(figures, 0)
         worst = np.min(figures, 0)
-        print(f"{method:<6}{n:>5}{rows:>11.1f}{explainer:>11.3f}{end_to_end:>12.3f}"
-              f"{worst[1]:>13.3f}{worst[2]:>12.3f}")  # fmt: skip
+        print(
+            f"{method:<6}{n:>5}{rows:>11.1f}{explainer:>11.3f}{end_to_end:>12.3f}"
+            f"{worst[1]:>13.3f}{worst[2]:>12.3f}"
+        )
 
 
 def main():

@@ -77,8 +77,10 @@ def main():
     same_pick = sum(row[1] == first[1] for row in rows)
     same_j = sum(side(row[2]) == side(first[2]) for row in rows)
     same_kl = sum(bool(row[3]) and bool(first[3]) and side(row[3]) == side(first[3]) for row in rows)
-    print(f"\nof {len(rows)} draws: the same pick as seed {first[0]} in {same_pick}, the same J verdict "
-          f"in {same_j}, the same matched-KL verdict in {same_kl} (seed {first[0]} counted)")  # fmt: skip
+    print(
+        f"\nof {len(rows)} draws: the same pick as seed {first[0]} in {same_pick}, the same J verdict "
+        f"in {same_j}, the same matched-KL verdict in {same_kl} (seed {first[0]} counted)"
+    )
 
 
 if __name__ == "__main__":

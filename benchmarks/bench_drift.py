@@ -32,6 +32,7 @@ import torch  # noqa: E402
 import language  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
+import sampling  # noqa: E402
 import shaping  # noqa: E402
 
 DENSE_WEIGHTS = {"shap": 0.69, "lime": 0.31}  # the BO best of a default run (--objective regularised)
@@ -44,12 +45,12 @@ def describe(policy, trainer, setup, prompts: list[str], seed: int) -> dict[str,
     prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
     generator = torch.Generator().manual_seed(seed)
     config, pad, eos = trainer.config, setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id
-    response_ids, mask = run.ppo.sample(
+    response_ids, mask = sampling.sample(
         policy, prompt_ids, prompt_mask, config, pad, eos, generator=generator
     )
     batch = (prompt_ids, prompt_mask, response_ids, mask)
-    logprobs, _, _ = run.ppo.response_logprobs(policy, *batch, **trainer.drawn_as)  # (B, T)
-    ref_logprobs, _, _ = run.ppo.response_logprobs(trainer.ref_policy, *batch, **trainer.drawn_as)
+    logprobs, _, _ = sampling.response_logprobs(policy, *batch, **trainer.drawn_as)  # (B, T)
+    ref_logprobs, _, _ = sampling.response_logprobs(trainer.ref_policy, *batch, **trainer.drawn_as)
     log_ratio = (logprobs - ref_logprobs) * mask  # (B, T)
     words = [
         setup.tokenizer.convert_ids_to_tokens(row[: int(n)]) for row, n in zip(response_ids, mask.sum(1))
@@ -93,7 +94,7 @@ def main():
     run.outputs.claim_output_folder(options)
 
     trainers, kept = [], []  # every trainer run.train_arm builds; (KL, policy) at each evaluation
-    build_trainer, evaluate = run.ppo.PPOTrainer, run.evaluate
+    build_trainer, evaluate = run.ppo.PPOTrainer, run.evaluation.evaluate
 
     def build_and_keep(*trainer_args, **trainer_kwargs):
         trainers.append(build_trainer(*trainer_args, **trainer_kwargs))
@@ -104,7 +105,7 @@ def main():
         kept.append((point["kl"], copy.deepcopy(trainer.policy)))
         return point
 
-    run.ppo.PPOTrainer, run.evaluate = build_and_keep, evaluate_and_keep
+    run.ppo.PPOTrainer, run.evaluation.evaluate = build_and_keep, evaluate_and_keep
     sparse_arm = run.Arm("sparse", "baseline", "sparse", {"sparse": 1.0}, args.seed, options.kl_coef)
     sparse = run.train_arm(sparse_arm, run.ON_THE_RM, setup, options)
     sparse_trainer = trainers[-1]
@@ -128,8 +129,10 @@ def main():
     print(f"{'':<26}" + "".join(f"{name:>19}" for name in columns))
     for measure in columns["SFT reference"]:
         print(f"{measure:<26}" + "".join(f"{column[measure]:>19.3f}" for column in columns.values()))
-    print(f"\nfinal held-out reward (mean of the last two evaluations): sparse {sparse.final:.2f}, "
-          f"dense {dense.final:.2f}")  # fmt: skip
+    print(
+        f"\nfinal held-out reward (mean of the last two evaluations): sparse {sparse.final:.2f}, "
+        f"dense {dense.final:.2f}"
+    )
 
 
 if __name__ == "__main__":

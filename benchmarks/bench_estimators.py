@@ -59,9 +59,15 @@ LIME_RANGES = ((90, 110),)  # LIME costs about SHAP's rows; trained where the qu
 SETTINGS = dict(anchors.ABC_PROTOCOL, minibatch_size=anchors.SWEEP_MINIBATCH, iterations=100)  # as (b)
 RATES = anchors.LEARNING_RATES[1:]  # from 4.46e-5: ABC's 1.41e-5 learns at no length in 100 steps
 CALLS = dict(zip(anchors.VERDICTS, ("ahead", "behind", "within noise")))  # of the dense method
-SMOKE = dict(ranges=((4, 16),), seeds=2, iterations=2, rates=(1.41e-5, 4.46e-4), reviews="sentence",
-             estimators={"gae-1": ESTIMATORS["gae-1"], "group": dict(advantage="group", group_size=2)},
-             methods=("sparse", "abc", "true_shapley"))  # fmt: skip
+SMOKE = dict(
+    ranges=((4, 16),),
+    seeds=2,
+    iterations=2,
+    rates=(1.41e-5, 4.46e-4),
+    reviews="sentence",
+    estimators={"gae-1": ESTIMATORS["gae-1"], "group": dict(advantage="group", group_size=2)},
+    methods=("sparse", "abc", "true_shapley"),
+)
 
 
 def parse() -> tuple[argparse.Namespace, list[str]]:
@@ -108,8 +114,10 @@ def against_best_sparse(sweep: dict, lengths) -> None:
     at_length = {estimator: cells for (estimator, low_high), cells in sweep.items() if low_high == lengths}
     finals = {e: np.mean([a.final for (m, _), a in c.items() if m == "sparse"]) for e, c in at_length.items()}
     best = max(finals, key=finals.get)
-    print(f"\n{lengths[0]}-{lengths[1]} tokens: the best sparse estimator is {best} (final reward "
-          f"{finals[best]:+.2f}); each dense method against it at matched KL")  # fmt: skip
+    print(
+        f"\n{lengths[0]}-{lengths[1]} tokens: the best sparse estimator is {best} (final reward "
+        f"{finals[best]:+.2f}); each dense method against it at matched KL"
+    )
     sparse = {key: arm for key, arm in at_length[best].items() if key[0] == "sparse"}
     for estimator, cells in at_length.items():
         for method in dict.fromkeys(m for m, _ in cells if m != "sparse"):
@@ -121,8 +129,10 @@ def against_best_sparse(sweep: dict, lengths) -> None:
 def verdict_map(sweep: dict, args) -> None:
     """estimator x length -> each dense method's verdict against sparse of the same estimator."""
     ranges = [f"{low}-{high}" for low, high in args.ranges]
-    print(f"\nmap: dense method - sparse of the same estimator, at matched KL\n{'':<13}{'':<13}"
-          + "".join(f"{name:>34}" for name in ranges))  # fmt: skip
+    print(
+        f"\nmap: dense method - sparse of the same estimator, at matched KL\n{'':<13}{'':<13}"
+        + "".join(f"{name:>34}" for name in ranges)
+    )
     for method in [m for m in args.methods if m != "sparse"]:
         for estimator in args.estimators:
             row = []

@@ -45,8 +45,9 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds per method and kl_coef (>= 2)")
     parser.add_argument("--kl-coefs", default="0.02,0.05,0.1,0.2", help="comma-separated KL coefficients")
-    parser.add_argument("--weights", help="JSON file of weights run as the method 'weights' (default: "
-                        f"{BEST_WEIGHTS})")  # fmt: skip
+    parser.add_argument(
+        "--weights", help=f"JSON file of weights run as the method 'weights' (default: {BEST_WEIGHTS})"
+    )
     parser.add_argument("--out", default="runs/bench_frontier", help="folder of finished arms")
     args, run_argv = parser.parse_known_args()
     if args.seeds < 2:
@@ -65,7 +66,7 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
 
 def main():
     args, run_argv = parse()
-    methods = {name: run.all_baselines()[name].weights for name in METHODS} | {"weights": args.weights}
+    methods = {name: run.credit.all_baselines()[name].weights for name in METHODS} | {"weights": args.weights}
     options = run.parse_options(["--out", args.out, *run_argv])
     torch.set_num_threads(options.threads)
     setup, start = run.build_setup(options), time.time()
@@ -104,8 +105,12 @@ def main():
                     report.reward_at_kl(ours.curve, matched) - report.reward_at_kl(sparse.curve, matched)
                 )
         mean, half = report.interval(gaps)
-        verdict = "dominates sparse on the frontier" if mean - half > 0 else (
-            "is dominated" if mean + half < 0 else "within noise")  # fmt: skip
+        if mean - half > 0:
+            verdict = "dominates sparse on the frontier"
+        elif mean + half < 0:
+            verdict = "is dominated"
+        else:
+            verdict = "within noise"
         print(f"{method:<9} {report.mean_interval(gaps):>16}  (n = {len(gaps)})  {method} {verdict}")
     draw(arms, methods, args)
 
@@ -114,8 +119,11 @@ def draw(arms: dict, methods: dict, args) -> None:
     """Final points of every arm: held-out reward against held-out KL, one colour per method."""
     figure, axis = plt.subplots(figsize=(8, 5))
     for i, method in enumerate(methods):
-        points = [(arms[method, k, s].final_kl, arms[method, k, s].final) for k in args.kl_coefs
-                  for s in range(1, args.seeds + 1)]  # fmt: skip
+        points = [
+            (arms[method, k, s].final_kl, arms[method, k, s].final)
+            for k in args.kl_coefs
+            for s in range(1, args.seeds + 1)
+        ]
         axis.scatter(*zip(*points), color=plt.cm.tab10(i), label=method, s=18)
     axis.set(xlabel="final held-out KL to the reference", ylabel="final held-out reward")
     axis.set_title(f"Reward-KL frontier: kl_coef in {args.kl_coefs}, {args.seeds} seeds")

@@ -48,8 +48,10 @@ FORCED = {  # a name -> the variables that make this machine take the kernels of
 
 def numpy_dispatch() -> dict:
     """NPY_DISABLE_CPU_FEATURES naming each SIMD feature numpy dispatches to on this CPU."""
-    code = ("from numpy._core._multiarray_umath import __cpu_dispatch__ as d, __cpu_features__ as f; "
-            "print(' '.join(x for x in d if f.get(x)))")  # fmt: skip
+    code = (
+        "from numpy._core._multiarray_umath import __cpu_dispatch__ as d, __cpu_features__ as f; "
+        "print(' '.join(x for x in d if f.get(x)))"
+    )
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split()
     return {"NPY_DISABLE_CPU_FEATURES": " ".join(found)} if found else {}
 
@@ -60,8 +62,13 @@ def avx2() -> dict:
     above = " ".join(
         x for x in numpy_dispatch().get("NPY_DISABLE_CPU_FEATURES", "").split() if "512" in x or x == "X86_V4"
     )
-    return {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2",
-            "OPENBLAS_CORETYPE": "Haswell", "NPY_DISABLE_CPU_FEATURES": above}  # fmt: skip
+    return {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "MKL_CBWR": "COMPATIBLE",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "OPENBLAS_CORETYPE": "Haswell",
+        "NPY_DISABLE_CPU_FEATURES": above,
+    }
 
 
 def run_py(argv: list[str], env: dict, log_path: str) -> float:
@@ -69,8 +76,13 @@ def run_py(argv: list[str], env: dict, log_path: str) -> float:
     start = time.time()
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "w") as log:
-        code = subprocess.call([sys.executable, "run.py", *argv], cwd=ROOT, env={**os.environ, **env},
-                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        code = subprocess.call(
+            [sys.executable, "run.py", *argv],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     if code != 0:
         sys.exit(f"run.py {' '.join(argv)} with {env} exited with {code}:\n{open(log_path).read()[-3000:]}")
     return time.time() - start
@@ -128,8 +140,9 @@ def main():
             print(f"  {mode}: {len(moved)} of {len(FORCED) - 1} forced paths change the run: {moved}")
 
     print(f"(b) whole processes, every baseline and one BO trial, {args.iterations} iterations at batch 64:")
-    argv = ["--iterations", str(args.iterations), "--trials", "1", "--confirm-seeds", "0",
-            "--eval-every", "5", "--cache-dir", cache]  # fmt: skip
+    argv = ["--iterations", str(args.iterations), "--trials", "1"]
+    argv += ["--confirm-seeds", "0", "--eval-every", "5"]
+    argv += ["--cache-dir", cache]
     timed = {
         "native": ("native", {}),
         "reproducible": ("reproducible", {}),

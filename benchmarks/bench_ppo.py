@@ -31,6 +31,7 @@ cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
 import torch  # noqa: E402
 
 import ppo  # noqa: E402
+import sampling  # noqa: E402
 import scoring  # noqa: E402
 import task  # noqa: E402
 
@@ -39,7 +40,7 @@ def floor_seconds(policy, rollout: ppo.Rollout, config: ppo.PPOConfig) -> float:
     """Bare forward+backward passes over the minibatches one update needs; no optimiser step."""
     input_ids = torch.cat([rollout.prompt_ids, rollout.response_ids[:, :-1]], dim=1)  # (B, P+T-1)
     attention_mask = torch.cat([rollout.prompt_mask, rollout.response_mask[:, :-1]], dim=1)
-    position_ids = ppo.left_padded_positions(attention_mask)
+    position_ids = sampling.left_padded_positions(attention_mask)
     start = ppo.clock(input_ids.device)
     for _ in range(config.ppo_epochs):
         for row in range(0, len(input_ids), config.minibatch_size):

@@ -49,6 +49,7 @@ from transformers import (  # noqa: E402
     PreTrainedTokenizerFast,
 )
 
+import coalitions  # noqa: E402
 import language  # noqa: E402
 import ppo  # noqa: E402
 import reward_attribution  # noqa: E402
@@ -161,16 +162,22 @@ def main():
         rollout = trainer.rollout(prompt_ids, encoded["attention_mask"])
         rolled_out = ppo.clock(device)
         response_ids, response_mask = rollout.response_ids.cpu(), rollout.response_mask.cpu()
-        texts, pieces = reward_attribution.response_texts(tokenizer, prompt_ids, response_ids, response_mask)
+        texts, pieces = coalitions.response_texts(tokenizer, prompt_ids, response_ids, response_mask)
         scores = reward_fn(texts, ["".join(row) for row in pieces])
         scored = ppo.clock(device)
         timings = {"reward": scored - rolled_out}
         for method in reward_attribution.METHODS:
             begin = ppo.clock(device)
             _, rows = reward_attribution.attribute(
-                method, tokenizer, prompt_ids, response_ids, response_mask, reward_fn,
-                reward_model=reward_model, reward_tokenizer=rm_tokenizer,
-            )  # fmt: skip
+                method,
+                tokenizer,
+                prompt_ids,
+                response_ids,
+                response_mask,
+                reward_fn,
+                reward_model=reward_model,
+                reward_tokenizer=rm_tokenizer,
+            )
             timings[method] = ppo.clock(device) - begin
             rows_per_response.setdefault(method, []).append(rows / args.batch)
         resumed = ppo.clock(device)

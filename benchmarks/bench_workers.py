@@ -34,8 +34,12 @@ def wall_seconds(argv: list[str], label: str) -> float:
         log_path = os.path.join(out, "log.txt")
         with open(log_path, "w") as log:
             start = time.time()
-            code = subprocess.call([sys.executable, "run.py", *argv, "--out", os.path.join(out, "run")],
-                                   cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+            code = subprocess.call(
+                [sys.executable, "run.py", *argv, "--out", os.path.join(out, "run")],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             seconds = time.time() - start
         if code != 0:
             sys.exit(f"run.py {' '.join(argv)} exited with {code}:\n{open(log_path).read()[-3000:]}")
@@ -68,8 +72,10 @@ def main():
     print(f"(c) --workers 1 --threads 2  {threads:7.1f} s   (c)/(a) = {threads / sequential:.2f}")
     print(f"(b)/(c) = {workers / threads:.2f} (target <= 0.7)")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
-    print(f"(d) --quick quiet {quiet:.1f} s, beside a busy process {busy:.1f} s: "
-          f"busy/quiet = {busy / quiet:.2f} (target <= 2)")  # fmt: skip
+    print(
+        f"(d) --quick quiet {quiet:.1f} s, beside a busy process {busy:.1f} s: "
+        f"busy/quiet = {busy / quiet:.2f} (target <= 2)"
+    )
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from verl.experimental.reward_loop.reward_manager import registry
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from verl.workers.reward_manager import registry as batch_registry
 
+import coalitions
 import loading
 import reward_attribution
 import scoring
@@ -107,9 +108,7 @@ class DenseCreditRewardManager(RewardManagerBase):
     def dense_rewards(self, data: DataProto) -> tuple[torch.Tensor, torch.Tensor]:
         """The reward tensor r' (B, T), sum_t r'_t = R, zero on padding; and R = f(x, y) (B,)."""
         prompt_ids, response_ids, response_mask = unpack(data, self.tokenizer.pad_token_id)
-        prompts, pieces = reward_attribution.response_texts(
-            self.tokenizer, prompt_ids, response_ids, response_mask
-        )
+        prompts, pieces = coalitions.response_texts(self.tokenizer, prompt_ids, response_ids, response_mask)
         scores = self.reward_fn(prompts, ["".join(row) for row in pieces])  # (B,)
         methods = [name for name, w in self.weights.items() if w > 0 and name in reward_attribution.METHODS]
         explainer = (self.reward_fn, self.attribution, self.reward_model, self.reward_tokenizer)

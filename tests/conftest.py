@@ -36,3 +36,12 @@ def task_cache(tmp_path_factory) -> str:
 def embedded_task(task_cache):
     """The default embedded task (tokenizer, RM, SFT policy, prompts), read from the cache."""
     return task_module.build_task(task_module.TaskConfig(cache_dir=task_cache))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on busy cores threads fight."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

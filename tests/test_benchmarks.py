@@ -37,9 +37,13 @@ def test_bench_anchors_smoke_prints_every_table_verdict_and_figure(tmp_path, tas
 
 @pytest.mark.parametrize(
     "gaps, anchor_sign, expected",
-    [([1.0, 1.2, 0.9], 1, "reproduces"), ([1.0, 1.2, 0.9], -1, "does not reproduce"),
-     ([1.0, -1.0, 0.1], 1, "within noise"), ([-2.0, -2.1, -1.9], 1, "does not reproduce")],
-)  # fmt: skip
+    [
+        ([1.0, 1.2, 0.9], 1, "reproduces"),
+        ([1.0, 1.2, 0.9], -1, "does not reproduce"),
+        ([1.0, -1.0, 0.1], 1, "within noise"),
+        ([-2.0, -2.1, -1.9], 1, "does not reproduce"),
+    ],
+)
 def test_bench_anchors_verdict_reads_the_interval(gaps, anchor_sign, expected):
     assert load("bench_anchors").verdict(gaps, anchor_sign) == expected
 
@@ -64,8 +68,9 @@ def test_bench_anchors_matches_kl_per_seed_and_leaves_out_a_pair_below_zero():
 
 def test_bench_anchors_runs_only_the_parts_asked(tmp_path, task_cache, monkeypatch, capsys):
     bench = load("bench_anchors")
-    argv = ["bench_anchors.py", "--smoke", "--parts", "b", "--learning-rate", "4.46e-4",
-            "--out", str(tmp_path), "--cache-dir", task_cache]  # fmt: skip
+    argv = ["bench_anchors.py", "--smoke", "--parts", "b"]
+    argv += ["--learning-rate", "4.46e-4"]
+    argv += ["--out", str(tmp_path), "--cache-dir", task_cache]
     monkeypatch.setattr(sys, "argv", argv)
     bench.main()
     out = capsys.readouterr().out
@@ -76,16 +81,18 @@ def test_bench_anchors_runs_only_the_parts_asked(tmp_path, task_cache, monkeypat
 
 @pytest.mark.parametrize(
     "name, argv, message",
-    [("anchors", ["--parts", "c"], "--parts c: expected some of lr,a,c,b, c only with a"),
-     ("anchors", ["--parts", "b,x"], "--parts b,x: expected some of lr,a,c,b"),
-     ("anchors", ["--ranges", "8-16,100-200"], "--ranges 8-16,100-200: 100-200 is not one of 8-16,20-30"),
-     ("anchors", ["--methods", "sparse,shap"], "--methods sparse,shap: expected some of sparse,"),
-     ("anchors", ["--parts", "b"], "--learning-rate: give it exactly when --parts"),
-     ("anchors", ["--learning-rate", "1e-4"], "--learning-rate: give it exactly when --parts"),
-     ("estimators", ["--estimators", "gae-1,grpo"], "--estimators gae-1,grpo: 'grpo' is not one of"),
-     ("estimators", ["--ranges", "8-16,20-30"], "--ranges 8-16,20-30: '20-30' is not one of"),
-     ("estimators", ["--seeds", "1"], "--seeds 1: expected >= 2")],
-)  # fmt: skip
+    [
+        ("anchors", ["--parts", "c"], "--parts c: expected some of lr,a,c,b, c only with a"),
+        ("anchors", ["--parts", "b,x"], "--parts b,x: expected some of lr,a,c,b"),
+        ("anchors", ["--ranges", "8-16,100-200"], "--ranges 8-16,100-200: 100-200 is not one of 8-16,20-30"),
+        ("anchors", ["--methods", "sparse,shap"], "--methods sparse,shap: expected some of sparse,"),
+        ("anchors", ["--parts", "b"], "--learning-rate: give it exactly when --parts"),
+        ("anchors", ["--learning-rate", "1e-4"], "--learning-rate: give it exactly when --parts"),
+        ("estimators", ["--estimators", "gae-1,grpo"], "--estimators gae-1,grpo: 'grpo' is not one of"),
+        ("estimators", ["--ranges", "8-16,20-30"], "--ranges 8-16,20-30: '20-30' is not one of"),
+        ("estimators", ["--seeds", "1"], "--seeds 1: expected >= 2"),
+    ],
+)
 def test_benchmarks_refuse_bad_values_in_one_line(name, argv, message, monkeypatch, capsys):
     bench = load(f"bench_{name}")
     monkeypatch.setattr(sys, "argv", [f"bench_{name}.py", *argv])

@@ -47,9 +47,8 @@ def test_the_hub_is_asked_only_when_it_answers_and_loading_is_quiet(monkeypatch)
     monkeypatch.setattr(loading.huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert not loading.hub_answers()  # switched off: not even asked
     assert seen == [(True, False), (False, False)]
-    assert (transformers.logging.is_progress_bar_enabled(), transformers.logging.get_verbosity()) == (
-        bars, verbosity,
-    )  # fmt: skip
+    restored = transformers.logging.is_progress_bar_enabled(), transformers.logging.get_verbosity()
+    assert restored == (bars, verbosity)
 
 
 def test_prompts_file_with_demonstrations(tmp_path):

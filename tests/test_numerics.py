@@ -17,9 +17,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def child_fingerprint(mode: str, env: dict) -> tuple[dict, str]:
     """The fingerprint a fresh process computes, run.py's numerics of `mode` pinned before torch loads,
     and torch's CPU capability there."""
-    code = (f"import json, cli\ncli.pin_numerics({mode!r})\nimport numerics, torch\n"
-            f"capability = torch.backends.cpu.get_cpu_capability()\n"
-            f"print(json.dumps([numerics.fingerprint({mode!r}), capability]))")  # fmt: skip
+    code = (
+        f"import json, cli\ncli.pin_numerics({mode!r})\nimport numerics, torch\n"
+        f"capability = torch.backends.cpu.get_cpu_capability()\n"
+        f"print(json.dumps([numerics.fingerprint({mode!r}), capability]))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     return tuple(json.loads(done.stdout.splitlines()[-1]))
@@ -49,8 +51,12 @@ def test_the_fingerprint_leaves_the_global_generator_and_the_thread_count_as_the
     assert set(record["classes"]) == set(numerics.CLASSES) and len(record["id"]) == 8
 
 
-RECORD = {"mode": "reproducible", "id": "0123abcd", "classes": {"matmul": "aaaaaa", "vector": "bbbbbb"},
-          "versions": {"torch": "2.13.0"}}  # fmt: skip
+RECORD = {
+    "mode": "reproducible",
+    "id": "0123abcd",
+    "classes": {"matmul": "aaaaaa", "vector": "bbbbbb"},
+    "versions": {"torch": "2.13.0"},
+}
 
 
 def test_a_summary_line_is_read_back_as_the_docs_fingerprint(tmp_path):

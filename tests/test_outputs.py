@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+import evaluation
 import run
 
 SMALL = "--iterations 2 --eval-every 1 --batch-size 8 --eval-prompts 8 --trials 2 --confirm-seeds 1".split()
@@ -44,7 +45,7 @@ def outputs(tmp_path_factory, task_cache):
 def test_samples_show_every_policy_on_the_same_prompts_and_draws(outputs, task_cache, embedded_task):
     out, result, trained = outputs
     arms = result["arms"]
-    prompts = embedded_task.val_prompts[: run.SAMPLE_PROMPTS]
+    prompts = embedded_task.val_prompts[: evaluation.SAMPLE_PROMPTS]
     assert all([row["prompt"] for row in arm.samples] == prompts for arm in arms.values())
     page = (out / "samples.md").read_text()
     for name, arm in arms.items():
@@ -57,7 +58,7 @@ def test_samples_show_every_policy_on_the_same_prompts_and_draws(outputs, task_c
     # drawn from the final policy with the run's seed and a generator of their own: drawn again, the same
     torch.set_num_threads(1)
     setup = run.build_setup(run.parse_options(["--cache-dir", task_cache]))
-    assert run.samples(setup, trained["sparse"], setup.ppo_config, 0) == arms["sparse"].samples
+    assert evaluation.samples(setup, trained["sparse"], setup.ppo_config, 0) == arms["sparse"].samples
 
 
 def test_a_resumed_run_shows_the_same_samples(outputs, tmp_path, task_cache):

@@ -75,8 +75,13 @@ def test_another_cpus_code_paths_and_two_workers_change_no_number(tmp_path, task
     """--numerics reproducible: run.py in a process of its own, with torch, MKL, oneDNN, OpenBLAS and
     numpy forced from outside onto the kernels of an AVX2 machine and its arms on two Ray workers, writes the
     trials and curves of the run above bit for bit (that run: this machine's own path, in this process)."""
-    forced = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-              "OPENBLAS_CORETYPE": "Haswell", "NPY_DISABLE_CPU_FEATURES": ""}  # fmt: skip
+    forced = {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "MKL_CBWR": "AVX2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "OPENBLAS_CORETYPE": "Haswell",
+        "NPY_DISABLE_CPU_FEATURES": "",
+    }
     assert set(forced) == set(cli.REPRODUCIBLE_CPU)  # each variable the mode sets is forced otherwise
     argv = [
         *ARGV,
@@ -90,8 +95,13 @@ def test_another_cpus_code_paths_and_two_workers_change_no_number(tmp_path, task
         task_cache,
     ]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "run.py", *argv], cwd=root, env={**os.environ, **forced},
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "run.py", *argv],
+        cwd=root,
+        env={**os.environ, **forced},
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert outcome(tmp_path) == one_worker
 

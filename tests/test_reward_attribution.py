@@ -1,60 +1,17 @@
 """Tests for reward_attribution.py: SHAP and LIME backends against exact answers and each other,
-attention rows through a tokenizer mismatch, and the errors."""
+attention rows through a tokenizer mismatch, and the errors. The word-level game (tokenizers,
+prompts, responses) is test_coalitions.py's."""
 
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import BertConfig, BertForSequenceClassification, GPT2Config, PreTrainedTokenizerFast
+from test_coalitions import PROMPTS, RESPONSES, VALUES, bpe_tokenizer, embedded_ids, encode, word_tokenizer
+from transformers import BertConfig, BertForSequenceClassification, GPT2Config
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+import coalitions
 import reward_attribution as ra
 import scoring
-
-SPECIAL = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[CLS]"]
-VALUES = {
-    "great": 2.0,
-    "superb": 3.0,
-    "good": 1.0,
-    "bad": -2.0,
-    "dull": -1.0,
-    "not": 0.0,
-    "the": 0.0,
-    "plot": 0.0,
-    "acting": 0.0,
-    "was": 0.0,
-    "but": 0.0,
-    ".": 0.0,
-}
-PROMPTS = ["the plot", "the acting was", "the plot was"]
-RESPONSES = ["was not great but the acting was superb .", "dull .", "not bad but not good"]
-
-
-def word_tokenizer(first_token: str = "[BOS]") -> PreTrainedTokenizerFast:
-    vocab = {word: i for i, word in enumerate(SPECIAL + list(VALUES))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{first_token} $A", special_tokens=[(first_token, vocab[first_token])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        bos_token="[BOS]",
-        eos_token="[EOS]",
-        cls_token="[CLS]",
-        padding_side="left",
-    )
-
-
-def encode(tokenizer, prompts: list[str], responses: list[str]):
-    """Left-padded prompt ids, right-padded response ids ending in EOS, and the response mask."""
-    prompt_ids = tokenizer(prompts, padding=True, return_tensors="pt")["input_ids"]
-    rows = [tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for r in responses]
-    T = max(map(len, rows))
-    response_ids = torch.tensor([row + [tokenizer.pad_token_id] * (T - len(row)) for row in rows])
-    return prompt_ids, response_ids, (torch.arange(T) < torch.tensor([len(r) for r in rows])[:, None]).long()
 
 
 def additive_reward(prompts: list[str], responses: list[str]) -> torch.Tensor:
@@ -77,47 +34,6 @@ def negating_reward(prompts: list[str], responses: list[str]) -> torch.Tensor:
 
 def additive_truth(responses: list[str], T: int) -> torch.Tensor:
     return torch.tensor([[VALUES[w] for w in r.split()] + [0.0] * (T - len(r.split())) for r in responses])
-
-
-def test_response_texts_split_into_pieces_that_rebuild_the_text():
-    tokenizer = word_tokenizer()
-    prompts, pieces = ra.response_texts(tokenizer, *encode(tokenizer, PROMPTS, RESPONSES))
-    assert prompts == PROMPTS
-    assert pieces[1] == [" dull", " .", ""]  # EOS is a special token: an empty piece
-    assert ["".join(row) for row in pieces] == [" " + r for r in RESPONSES]
-    assert ra.masked_piece(" great", "[UNK]") == " [UNK]"
-    assert ra.masked_piece(" great", None) == "" and ra.masked_piece("", "[UNK]") == ""
-
-
-def test_response_texts_checks_the_mask_on_its_own_device():
-    """Catches a tensor created without the device of the caller's response_mask where the
-    mask is checked (`torch.arange(T) < lengths`): a mask on a GPU would make it fail. With the
-    default device 'meta' and the inputs on the CPU, such a tensor lands on 'meta' and fails the
-    same way. Only the boundary is checked: the SHAP and LIME internals build CPU tensors from
-    Python lists on purpose, whatever device the caller uses."""
-    tokenizer = word_tokenizer()
-    ids = encode(tokenizer, PROMPTS, RESPONSES)
-    with torch.device("meta"):
-        prompts, pieces = ra.response_texts(tokenizer, *ids)
-    assert prompts == PROMPTS and ["".join(row) for row in pieces] == [" " + r for r in RESPONSES]
-
-
-def test_byte_level_bpe_pieces_keep_a_split_character_whole():
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(
-        ["the plot was great"],
-        trainers.BpeTrainer(
-            vocab_size=300,
-            special_tokens=["[PAD]", "[EOS]"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", eos_token="[EOS]")
-    prompts, pieces = ra.response_texts(tokenizer, *encode(tokenizer, ["the plot"], [" was café great"]))
-    assert prompts == ["the plot"]  # "é" is two byte tokens: the first gets "", the second the character
-    assert pieces == [[" was", " ", "c", "a", "f", "", "é", " great", ""]]
 
 
 @pytest.mark.parametrize("backend", ra.SHAP_BACKENDS)
@@ -157,7 +73,7 @@ def test_a_single_order_gives_each_token_its_marginal_contribution_in_that_order
     an additive token gets its value in any order, and every order telescopes to f(full) - f(empty)."""
     tokenizer = word_tokenizer()
     ids = encode(tokenizer, PROMPTS, RESPONSES)
-    prompts, pieces = ra.response_texts(tokenizer, *ids)
+    prompts, pieces = coalitions.response_texts(tokenizer, *ids)
     gain = negating_reward(prompts, ["".join(row) for row in pieces]).double()  # f(empty) = 0 here
     orders = set()
     for seed in range(8):
@@ -227,23 +143,6 @@ def test_errors_name_the_problem():
 # ---------------------------------------------------------------------------------------
 # Attention: a tiny BERT RM whose BPE tokenizer splits words into several pieces
 # ---------------------------------------------------------------------------------------
-def bpe_tokenizer() -> PreTrainedTokenizerFast:
-    backend = Tokenizer(models.BPE(unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.BpeTrainer(vocab_size=40, special_tokens=SPECIAL)
-    backend.train_from_iterator([" ".join(VALUES)] * 3, trainer)
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A", special_tokens=[("[CLS]", backend.token_to_id("[CLS]"))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        padding_side="right",
-    )
-
-
 @pytest.fixture(scope="module")
 def bert_rm(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bert-rm")
@@ -323,10 +222,7 @@ def test_attention_errors(bert_rm, monkeypatch):
 def embedded(embedded_task):
     """Ids of 16 validation prompts with their demonstrations (<= 11 words + EOS) and the RM."""
     task = embedded_task
-    pairs = [
-        (p, task.demonstrations[p]) for p in task.val_prompts if len(task.demonstrations[p].split()) <= 11
-    ][:16]
-    ids = encode(task.policy_tokenizer, [p for p, _ in pairs], [d.strip() for _, d in pairs])
+    ids = embedded_ids(task)
 
     def reward_fn(prompts, responses):
         return scoring.score(task.reward_model, task.reward_tokenizer, prompts, responses)
@@ -349,10 +245,10 @@ def test_batched_shap_matches_exact_shapley_and_is_efficient(embedded):
         "shap", tokenizer, *[x[:4] for x in ids], reward_fn, ra.AttributionConfig(shap_backend="library")
     )
     # efficiency: sum_t phi_t = f(full) - f(all masked), for every backend
-    prompts, pieces = ra.response_texts(tokenizer, *ids)
+    prompts, pieces = coalitions.response_texts(tokenizer, *ids)
     full = reward_fn(prompts, ["".join(row) for row in pieces]).double()
     masked = reward_fn(
-        prompts, ["".join(ra.masked_piece(p, "[UNK]") for p in row) for row in pieces]
+        prompts, ["".join(coalitions.masked_piece(p, "[UNK]") for p in row) for row in pieces]
     ).double()
     for phi in (exact, batched, library):
         assert torch.allclose(phi.double().sum(1), (full - masked)[: len(phi)], atol=1e-5)
@@ -387,7 +283,7 @@ def test_attention_rows_sum_to_one_on_the_embedded_rm(embedded):
 def test_attribute_texts_on_decoded_pieces_agrees_with_attribute(embedded):
     """Decoding once and explaining the texts by every method gives what `attribute` gives."""
     task, ids, reward_fn = embedded
-    prompts, pieces = ra.response_texts(task.policy_tokenizer, *ids)
+    prompts, pieces = coalitions.response_texts(task.policy_tokenizer, *ids)
     for method in ra.METHODS:
         rm = (task.reward_model, task.reward_tokenizer)
         from_ids = ra.attribute(method, task.policy_tokenizer, *ids, reward_fn, None, *rm)
@@ -398,79 +294,8 @@ def test_attribute_texts_on_decoded_pieces_agrees_with_attribute(embedded):
 
 
 # ---------------------------------------------------------------------------------------
-# The fast path: SDPA scores, coalitions built as ids where the RM reads the policy's tokens
+# The fast path: SDPA scores, and coalitions built as ids (test_coalitions.py) through it
 # ---------------------------------------------------------------------------------------
-def row_key(ids: list[int]) -> float:
-    """A number that tells RM inputs apart: a different id, or the same ids in other places, changes it."""
-    return float(sum((place + 1) * 1.618**place * (token + 1) for place, token in enumerate(ids)))
-
-
-def every_coalition(pieces) -> tuple[torch.Tensor, torch.Tensor]:
-    """owner (N,) and visible (N, T) of all 2^T_i coalitions of each response."""
-    lengths, real = ra.real_tokens(pieces)
-    owner = torch.cat([torch.full((2**n,), i) for i, n in enumerate(lengths.tolist())])
-    subsets = torch.cat([torch.arange(2**n) for n in lengths.tolist()])
-    return owner, ((subsets[:, None] >> torch.arange(real.shape[1])) & 1) == 1
-
-
-def test_coalition_ids_are_the_tokenized_coalition_texts(embedded):
-    """All 2^T_i coalitions of 6 responses: the id path hands the RM the ids, in the places, that the
-    text path's coalition texts tokenize to, right-padded as the RM's tokenizer pads."""
-    task, ids, _ = embedded
-    prompts, pieces = ra.response_texts(task.policy_tokenizer, *[x[:6] for x in ids])
-    owner, visible = every_coalition(pieces)
-    tokenized, handed = [], []
-
-    def text_keys(prompt_texts, response_texts):
-        rows = task.reward_tokenizer([p + r for p, r in zip(prompt_texts, response_texts)])["input_ids"]
-        tokenized.extend(rows)
-        return torch.tensor([row_key(row) for row in rows], dtype=torch.float64)
-
-    def id_keys(input_ids, attention_mask):  # (n, L) each
-        handed.append(
-            torch.equal(
-                attention_mask.bool(), torch.arange(input_ids.shape[1]) < attention_mask.sum(1)[:, None]
-            )
-        )
-        return torch.tensor(
-            [row_key(row[m > 0].tolist()) for row, m in zip(input_ids, attention_mask)], dtype=torch.float64
-        )
-
-    config = ra.AttributionConfig(mask_string="[UNK]")
-    by_text, _ = ra.score_coalitions(prompts, pieces, owner, visible, text_keys, config)
-    by_ids, _ = ra.score_coalitions(
-        prompts, pieces, owner, visible, ra.TokenReward(task.reward_tokenizer, id_keys), config
-    )
-    assert torch.equal(by_text, by_ids) and all(handed) and len(tokenized) == len(owner)
-    hidden_words = sum(row.count(task.reward_tokenizer.unk_token_id) for row in tokenized)
-    lengths, real = ra.real_tokens(pieces)
-    has_text = torch.tensor(
-        [[bool(p.strip()) for p in row] + [False] * (real.shape[1] - len(row)) for row in pieces]
-    )
-    assert (
-        hidden_words == (~visible & has_text[owner]).sum() > 0
-    )  # every hidden word, and only those, is [UNK]
-
-
-def test_the_id_path_refuses_what_it_cannot_build(embedded, bert_rm):
-    task, ids, _ = embedded
-    prompts, pieces = ra.response_texts(task.policy_tokenizer, *[x[:2] for x in ids])
-    owner, visible = every_coalition(pieces)
-    deleting = ra.AttributionConfig(mask_string=None)  # a deleted token closes up: the text path's business
-    with pytest.raises(ValueError, match="one to one"):
-        ra.score_coalitions(
-            prompts, pieces, owner, visible, ra.TokenReward(task.reward_tokenizer, None), deleting
-        )
-    _, bpe = bert_rm  # splits `superb` into several RM tokens
-    policy_tokenizer = word_tokenizer()
-    prompts, pieces = ra.response_texts(policy_tokenizer, *encode(policy_tokenizer, PROMPTS, RESPONSES))
-    owner, visible = every_coalition(pieces)
-    with pytest.raises(ValueError, match="one to one"):
-        ra.score_coalitions(
-            prompts, pieces, owner, visible, ra.TokenReward(bpe, None), ra.AttributionConfig()
-        )
-
-
 def test_sdpa_view_scores_as_the_eager_rm_on_its_own_weights(embedded):
     """Coalition texts of 16 responses (every third token hidden, three ways) score the same to float
     tolerance through the eager RM and through its SDPA view, which holds the RM's own tensors."""
@@ -481,9 +306,11 @@ def test_sdpa_view_scores_as_the_eager_rm_on_its_own_weights(embedded):
         "eager",
     )
     assert all(a is b for a, b in zip(task.reward_model.parameters(), view.parameters()))
-    prompts, pieces = ra.response_texts(task.policy_tokenizer, *ids)
+    prompts, pieces = coalitions.response_texts(task.policy_tokenizer, *ids)
     texts = [
-        "".join(ra.masked_piece(piece, "[UNK]") if t % 3 == k else piece for t, piece in enumerate(row))
+        "".join(
+            coalitions.masked_piece(piece, "[UNK]") if t % 3 == k else piece for t, piece in enumerate(row)
+        )
         for row in pieces
         for k in range(3)
     ]
@@ -497,7 +324,9 @@ def test_shap_and_lime_through_the_id_path_and_sdpa_equal_the_text_path(embedded
     """What run.py wires on the embedded task gives the credit of the eager text path, to float tolerance."""
     task, ids, reward_fn = embedded
     view = scoring.sdpa_view(task.reward_model)
-    token_reward = ra.TokenReward(task.reward_tokenizer, lambda i, m: scoring.score_ids(view, i, m), 64)
+    token_reward = coalitions.TokenReward(
+        task.reward_tokenizer, lambda i, m: scoring.score_ids(view, i, m), 64
+    )
     for method in ("shap", "lime"):
         by_text, text_rows = ra.attribute(method, task.policy_tokenizer, *ids, reward_fn)
         by_ids, id_rows = ra.attribute(method, task.policy_tokenizer, *ids, token_reward)

@@ -1,8 +1,6 @@
 """run.py end to end: a --quick run's artifacts, resuming after an interrupt, bad options."""
 
-import copy
 import csv
-import dataclasses
 import functools
 import json
 import os
@@ -101,149 +99,6 @@ def test_j_is_the_documented_equation_on_a_hand_made_curve(kind):
     arm = run.Arm("a", "trial", "trial", {"sparse": 1.0}, 0, kl_coef=0.5, curve=curve)
     expected = {"regularised": ((1 - 1) + (3 - 2) + (2 - 5)) / 3, "auc": (1 + 3 + 2) / 3}[kind]
     assert run.objective(arm, kind) == pytest.approx(expected)
-
-
-def test_a_baseline_trains_on_the_reward_and_kl_its_record_names_whatever_its_name(task_cache, monkeypatch):
-    """RCfD's reward and its KL of 0 are data of the Baseline record: another name trains the same way."""
-    monkeypatch.setitem(run.BASELINES, "calibrated", run.BASELINES["rcfd"])
-    options = run.parse_options(
-        [*SMALL, "--iterations", "1", "--baselines", "calibrated", "--cache-dir", task_cache]
-    )
-    setup = run.build_setup(options)
-    rewards, trainers = [], []
-    reward_components, trainer_class = run.reward_components, run.ppo.PPOTrainer
-    monkeypatch.setattr(run, "reward_components", lambda *a: rewards.append(a[-1]) or reward_components(*a))
-    monkeypatch.setattr(
-        run.ppo, "PPOTrainer", lambda *a, **k: trainers.append(trainer_class(*a, **k)) or trainers[-1]
-    )
-    monkeypatch.setattr(run.report, "write_json", lambda *args: None)  # no arm file
-    for name in ("calibrated", "sparse"):
-        arm = run.Arm(name, "baseline", name, run.BASELINES[name].weights, 0, options.kl_coef)
-        run.train_arm(arm, run.BASELINES[name].training, setup, options)
-    assert rewards == ["rcfd", "rm"]
-    assert [t.config.kl_coef for t in trainers] == [0.0, options.kl_coef]
-    assert not run.on_the_simplex(run.BASELINES["calibrated"], ["sparse", "shap"])  # not a point of the BO
-    assert run.on_the_simplex(run.BASELINES["sparse"], ["sparse", "shap"])
-
-
-def first_token_credit(setup, batch):
-    """A trivial credit method: all of R's explanation on each response's first token (reward units)."""
-    credit = torch.zeros(batch.response_mask.shape)  # (B, T)
-    credit[:, 0] = 1.0
-    return credit
-
-
-def test_a_credit_method_registered_once_is_a_component_and_a_baseline(tmp_path, task_cache, monkeypatch):
-    monkeypatch.setitem(run.CREDIT_METHODS, "first_token", run.CreditMethod(first_token_credit))
-    argv = [
-        *SMALL,
-        "--trials",
-        "1",
-        "--components",
-        "sparse,first_token",
-        "--baselines",
-        "sparse,first_token",
-    ]
-    result = run.main([*argv, "--out", str(tmp_path), "--cache-dir", task_cache])
-    assert result["arms"]["first_token"].weights == {"first_token": 1.0}  # a baseline of its name
-    trials = [json.loads(line) for line in (tmp_path / "trials.jsonl").read_text().splitlines()]
-    assert [trial["info"]["arm"] for trial in trials] == ["sparse", "first_token", "trial-2"]
-    assert set(trials[2]["weights"]) == {"sparse", "first_token"}  # a weight the BO searches
-    setup = run.build_setup(run.parse_options(["--cache-dir", task_cache]))
-    enc = setup.tokenizer(setup.task.val_prompts[:4], return_tensors="pt", padding=True)
-    pad, eos = setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id
-    policy, config = setup.task.policy, setup.ppo_config
-    ids, mask = run.ppo.sample(policy, enc["input_ids"], enc["attention_mask"], config, pad, eos)  # (B, T)
-    components, scores = run.reward_components(setup, enc["input_ids"], ids, mask, ["first_token"])
-    expected = torch.zeros(mask.shape)  # (B, T)
-    expected[:, 0] = 1.0
-    expected[torch.arange(len(mask)), mask.sum(1) - 1] += scores - 1.0  # the residual R - 1 on the last token
-    assert torch.allclose(components["first_token"], expected * mask, atol=1e-5)
-
-
-def word_values(responses: list[str]) -> torch.Tensor:
-    """(N, words) value of each visible word (len % 3 - 1), 0 for a hidden one ([UNK]), padded with 0."""
-    rows = [[len(w) % 3 - 1.0 if w != "[UNK]" else 0.0 for w in text.split()] for text in responses]
-    width = max(map(len, rows))
-    return torch.tensor([row + [0.0] * (width - len(row)) for row in rows])
-
-
-def additive_game(prompts, responses):
-    return word_values(responses).sum(1)
-
-
-def pairwise_game(prompts, responses):
-    """Additive plus 0.1 (visible words)^2 = 0.1 sum_i x_i + 0.2 sum_{i<j} x_i x_j: pairwise interactions."""
-    visible = torch.tensor(
-        [sum(w != "[UNK]" for w in text.split()) for text in responses], dtype=torch.float32
-    )
-    return additive_game(prompts, responses) + 0.1 * visible**2
-
-
-def test_the_library_backends_chosen_on_the_command_line_agree_with_the_batched_ones(task_cache):
-    """--shap-backend / --lime-backend reach the explainers of every arm; where both estimators are exact
-    (SHAP, one antithetic pair: pairwise games; LIME with no ridge: additive games) they agree, to the
-    tolerances of test_reward_attribution.py."""
-    found = {}
-    for backend in ("batched", "library"):
-        argv = ["--shap-backend", backend, "--lime-backend", backend, "--cache-dir", task_cache]
-        setup = run.build_setup(run.parse_options(argv))
-        assert (setup.attribution.shap_backend, setup.attribution.lime_backend) == (backend, backend)
-        setup.attribution = dataclasses.replace(setup.attribution, lime_ridge_alpha=0.0, lime_samples=64)
-        enc = setup.tokenizer(setup.task.val_prompts[:4], return_tensors="pt", padding=True)
-        pad, eos, config = setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id, setup.ppo_config
-        generator = torch.Generator().manual_seed(0)
-        ids, mask = run.ppo.sample(
-            setup.task.policy, enc["input_ids"], enc["attention_mask"], config, pad, eos, generator=generator
-        )
-        prompts, pieces = run.reward_attribution.response_texts(setup.tokenizer, enc["input_ids"], ids, mask)
-        for method, game in [("shap", pairwise_game), ("lime", additive_game)]:
-            batch = run.Responses(prompts, pieces, ids, mask, game)
-            found[method, backend] = run.explanation(method, setup, batch)  # (B, T)
-    assert torch.allclose(found["shap", "library"], found["shap", "batched"], atol=1e-5)
-    assert torch.allclose(found["lime", "library"], found["lime", "batched"], atol=1e-4)
-    assert found["shap", "batched"].abs().sum() > 0
-
-
-def test_held_out_kl_is_zero_for_the_reference_and_grows_with_an_update(embedded_task):
-    options = run.parse_options(["--quick", "--eval-prompts", "8"])
-    setup = run.Setup(embedded_task, None, None, None, run.ppo.PPOConfig(seed=0))
-    setup.reward_fn = lambda prompts, responses: torch.zeros(len(prompts))
-    trainer = run.ppo.PPOTrainer(
-        copy.deepcopy(embedded_task.policy), setup.ppo_config, setup.tokenizer.pad_token_id,
-        setup.tokenizer.eos_token_id, ref_policy=embedded_task.policy,
-    )  # fmt: skip
-    before = run.evaluate(trainer, setup, options)
-    assert abs(before["kl"]) < 1e-6 and abs(before["kl_k3"]) < 1e-6
-    enc = setup.tokenizer(embedded_task.train_prompts[:16], return_tensors="pt", padding=True)
-    rollout = trainer.rollout(enc["input_ids"], enc["attention_mask"])
-    ones = rollout.response_mask.float()  # a reward on every token: the policy learns to write longer
-    for _ in range(3):
-        trainer.update(rollout, ones)
-    after = run.evaluate(trainer, setup, options)
-    assert after["kl_k3"] > 1e-3  # k3 >= 0 per token, so a moved policy shows a positive estimate
-
-
-def test_oracle_components_are_the_truth_completed_to_sum_to_the_reward(task_cache):
-    setup = run.build_setup(run.parse_options(["--cache-dir", task_cache]))
-    prompts = setup.task.val_prompts[:8]
-    enc = setup.tokenizer(prompts, return_tensors="pt", padding=True)
-    ids, mask = run.ppo.sample(setup.task.policy, enc["input_ids"], enc["attention_mask"], setup.ppo_config,
-                               setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id)  # fmt: skip
-    components, scores = run.reward_components(
-        setup, enc["input_ids"], ids, mask, ["true_shapley", "lexicon"]
-    )
-    for i, n in enumerate(mask.sum(1).tolist()):
-        words = setup.tokenizer.convert_ids_to_tokens(ids[i, :n].tolist())
-        for name, truth in [
-            ("true_shapley", language.true_shapley_credit),
-            ("lexicon", language.true_token_credit),
-        ]:
-            expected = torch.tensor(truth(prompts[i], words), dtype=torch.float32)
-            expected[-1] += scores[i] - expected.sum()  # the residual R - sum of the truth, on the last token
-            assert torch.allclose(components[name][i, :n], expected, atol=1e-5)
-            assert components[name][i].sum() == pytest.approx(scores[i].item(), abs=1e-4)
-            assert not components[name][i, n:].any()
 
 
 def test_target_kl_reaches_the_trainer_of_every_arm(tmp_path, task_cache, monkeypatch):
@@ -373,8 +228,8 @@ def test_a_response_longer_than_the_models_hold_fails_in_one_line_and_claims_no_
 ):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:  # the default task's models hold 64 positions
-        run.main(["--quick", "--min-new-tokens", "90", "--max-new-tokens", "110", "--out", str(out),
-                  "--cache-dir", task_cache])  # fmt: skip
+        lengths = ["--min-new-tokens", "90", "--max-new-tokens", "110"]
+        run.main(["--quick", *lengths, "--out", str(out), "--cache-dir", task_cache])
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--max-new-tokens 110" in lines[0] and "the policy holds 64" in lines[0]
@@ -403,10 +258,8 @@ def test_long_sized_reviews_train_one_tiny_arm_end_to_end(tmp_path, monkeypatch)
 
 def test_a_live_run_holds_its_folder_and_a_killed_one_leaves_no_stuck_lock(tmp_path, capsys):
     hold = "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX); print('held')"
-    holder = subprocess.Popen(
-        [sys.executable, "-u", "-c", hold + "; time.sleep(60)", str(tmp_path / ".lock")],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    command = [sys.executable, "-u", "-c", hold + "; time.sleep(60)", str(tmp_path / ".lock")]
+    holder = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "held\n"
     with pytest.raises(SystemExit) as exit_info, run.locked(str(tmp_path)):
         pass

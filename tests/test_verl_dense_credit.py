@@ -25,8 +25,8 @@ import scoring  # noqa: E402
 import shaping  # noqa: E402
 import task  # noqa: E402
 
-MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "integrations",
-                      "verl_dense_credit.py")  # fmt: skip
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULE = os.path.join(ROOT, "integrations", "verl_dense_credit.py")
 SMALL = dict(n_reviews=2000, n_train_prompts=16, n_val_prompts=4, rm_steps=30, sft_steps=60, sft_runs=1)
 PROMPT_LENGTH, RESPONSE_LENGTH = 6, 10  # verl's rollout.prompt_length, rollout.response_length
 BO_PICK = {"shap": 0.17, "lime": 0.83}  # the default run's BO weights (docs/summary.md)
@@ -183,8 +183,9 @@ def test_reward_loop_rows_match_the_batch_call_and_both_registries_name_it(setup
         built.loop.run_until_complete(built.run_single(setup.data[i : i + 1]))["reward_score"]
         for i in range(8)
     ]
-    torch.testing.assert_close(type(built).assemble_rm_scores(setup.data, rows), built(setup.data), atol=1e-5,
-                               rtol=1e-5)  # fmt: skip
+    torch.testing.assert_close(
+        type(built).assemble_rm_scores(setup.data, rows), built(setup.data), atol=1e-5, rtol=1e-5
+    )
     assert get_reward_manager_cls("dense_credit").__name__ == "DenseCreditRewardManager"
     assert batch_api.get_reward_manager_cls("dense_credit").__name__ == "DenseCreditRewardManager"
 
