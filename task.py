@@ -1,6 +1,6 @@
 """Where prompts, the SFT policy, the reward model and demonstrations come from.
 
-The default is an *embedded* task that builds in about a minute on a CPU with no network: reviews
+The default is an *embedded* task that builds in about 2 minutes on a CPU with no network: reviews
 of a synthetic language whose sentiment, and so the truth of every token's credit, is known exactly
 (`language.py`); one sentence by default, several sized to a response range with
 `TaskConfig.response_tokens` (run.py --reviews sized).
