@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 import coalitions
+import estimators
 import ppo
 import report
 import sampling
@@ -94,8 +95,8 @@ def scored(setup, policy, ref_policy, config, drawn: Drawn) -> Scored:
     drawn_as = sampling.drawn_as(config, tokenizer.eos_token_id)
     logprobs, _, _ = sampling.response_logprobs(policy, *tokens, **drawn_as)
     ref_logprobs, _, _ = sampling.response_logprobs(ref_policy, *tokens, **drawn_as)
-    k1 = ppo.kl_per_token(logprobs, ref_logprobs, mask, "k1")  # (B, T)
-    k3 = ppo.kl_per_token(logprobs, ref_logprobs, mask, "k3")  # (B, T)
+    k1 = estimators.kl_per_token(logprobs, ref_logprobs, mask, "k1")  # (B, T)
+    k3 = estimators.kl_per_token(logprobs, ref_logprobs, mask, "k3")  # (B, T)
     scores = setup.reward_fn(drawn.prompts, responses)  # (B,)
     return Scored(responses, scores, k1.sum(1), k3.sum(1))
 

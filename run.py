@@ -14,10 +14,10 @@ Every arm is a full PPO run from the same SFT reference with the same budget:
   4. report     reward against KL (the frontier), at matched KL, with 95% intervals over seeds
 
 This file wires the stages together, top to bottom: J, what every arm shares, the reward of
-one batch, the inner loop (`train_arm`), the outer loop (`experiment`), the command line. The
+one batch, the inner loop (`train_arm`), the outer loop (`experiment`), then `main`. The
 credit methods and baselines are registered in credit.py, the held-out measurement is in
-evaluation.py, the options in cli.py. Finished arms and trials are kept in the output folder
-(outputs.py), so an interrupted run picks up where it stopped.
+evaluation.py, the options in cli.py (checked whole in checks.py). Finished arms and trials
+are kept in the output folder (outputs.py), so an interrupted run picks up where it stopped.
 """
 
 import copy
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import cli
-from cli import Options, fail, locked, parse
+from cli import Options, fail, locked
 
 if __name__ == "__main__":  # --help and a bad option answer before the heavy imports,
     # and the CPU numerics are set before torch loads
@@ -39,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 import bayes_opt
+import checks
 import coalitions
 import credit
 import evaluation
@@ -135,12 +136,7 @@ def build_setup(options: Options) -> Setup:
         lime_samples=options.lime_samples,
         seed=options.seed,
     )
-    return Setup(the_task, reward_fn, rcfd_reward_fn, attribution, ppo_config(options), token_reward)
-
-
-def ppo_config(options: Options) -> ppo.PPOConfig:
-    """The PPOConfig of the options: each of its fields is a flag (cli.py)."""
-    return ppo.PPOConfig(**{name: getattr(options, name) for name in cli.PPO_OPTIONS})
+    return Setup(the_task, reward_fn, rcfd_reward_fn, attribution, checks.ppo_config(options), token_reward)
 
 
 # ---------------------------------------------------------------------------------------
@@ -300,6 +296,17 @@ def experiment(setup: Setup, options: Options) -> dict:
     return {"arms": arms, "best_weights": best_weights}
 
 
+def chosen_baselines(setup: Setup, options: Options) -> dict[str, Baseline]:
+    """named_baselines, less those whose reward this task cannot give (RCfD without
+    demonstrations)."""
+    baselines = checks.named_baselines(options)
+    for name, baseline in list(baselines.items()):
+        if baseline.training.reward == "rcfd" and setup.rcfd_reward_fn is None:
+            print(f"{name} skipped: RCfD needs a demonstration for every training prompt")
+            del baselines[name]
+    return baselines
+
+
 def tell(optimizer: bayes_opt.BayesOpt, arm: Arm, options: Options) -> None:
     """Tell the BO J(w) of one finished arm (--objective); the log keeps both J."""
     regularised = objective(arm, "regularised")
@@ -340,7 +347,7 @@ def credit_examples(setup: Setup, options: Options, arm_weights: dict) -> dict:
 # The command line
 # ---------------------------------------------------------------------------------------
 def main(argv=None) -> dict:
-    options = parse_options(argv)
+    options = checks.parse_options(argv)
     if not cli.numerics_in_force(options.numerics):
         fail(f"--numerics {options.numerics}: torch loaded before its settings; run run.py as a script")
     torch.set_num_threads(options.threads)
@@ -359,85 +366,6 @@ def main(argv=None) -> dict:
     with locked(options.out):
         outputs.claim_output_folder(options)  # only once the models and prompts loaded
         return experiment(setup, options)
-
-
-def parse_options(argv=None) -> Options:
-    """Parse and check every option before any work: exit code 2 and one line."""
-    parser, options = parse(argv)  # each check of the options alone, in cli.py
-    if options.ray_address is not None and not parallel.has_ray():
-        parser.error("--ray-address needs ray: pip install ray")
-    if options.tensorboard and not report.has_tensorboard():
-        parser.error("--tensorboard needs tensorboard: pip install tensorboard")
-    try:  # every PPO setting (the device too), checked by PPOConfig itself
-        ppo_config(options)
-    except ValueError as error:
-        parser.error(f"PPO settings: {error}")
-    try:  # the explainers' settings, checked by AttributionConfig itself
-        explainers = ("shap_backend", "shap_permutations", "lime_backend", "lime_samples")
-        reward_attribution.AttributionConfig(**{n: getattr(options, n) for n in explainers})
-    except ValueError as error:
-        parser.error(f"explainer settings: {error}")
-    known = credit.credit_names()
-    for name in options.components.split(","):
-        if name not in known:
-            parser.error(f"unknown credit component {name!r} in --components; expected {known}")
-    for name in options.baselines.split(","):
-        if name and name not in credit.all_baselines():
-            expected = tuple(credit.all_baselines())
-            parser.error(f"unknown baseline {name!r} in --baselines; expected some of {expected}")
-    for path, what in [(options.prompts, "--prompts"), (options.weights, "--weights")]:
-        if path is not None and not os.path.isfile(path):
-            parser.error(f"{what} file {path!r} does not exist")
-    chosen = [n for n in options.baselines.split(",") if n]
-    weights = [credit.all_baselines()[name].weights for name in chosen]
-    if options.weights is not None:
-        try:
-            weights.append(report.read_json(options.weights))
-            shaping.check_weights(weights[-1], known)
-        except (ValueError, AttributeError) as error:
-            parser.error(f"--weights file {options.weights!r}: {error}")
-    named = {*options.components.split(","), *(c for w in weights for c in w)}
-    real_pair = (options.policy, options.reward_model, options.prompts) != (None,) * 3
-    if (oracles := sorted(named & credit.oracles())) and real_pair:
-        parser.error(f"credit {oracles} is the embedded task's truth: a real model pair has none")
-    if options.save_policy is not None:
-        names = ["bo-best", *arm_names(options)]
-        for name in options.save_policy.split(","):
-            if name not in names:
-                parser.error(f"--save-policy: no arm {name!r} in this run; expected some of {names[1:]}")
-    return options
-
-
-def arm_names(options: Options) -> list[str]:
-    """The arms a run of these options trains, as experiment() names them (RCfD
-    even where skipped)."""
-    baselines = named_baselines(options)
-    components = options.components.split(",")
-    told = sum(credit.on_the_simplex(b, components) for b in baselines.values())
-    trials = [f"trial-{told + k}" for k in range(options.trials)]
-    seeds = range(options.seed + 1, options.seed + 1 + options.confirm_seeds)
-    confirm = [f"{group}-seed{seed}" for seed in seeds for group in ("bo-best", "sparse")]
-    return [*baselines, *trials, *confirm]
-
-
-def named_baselines(options: Options) -> dict[str, Baseline]:
-    """The baselines of --baselines, and --weights' as 'custom'."""
-    chosen = [name for name in options.baselines.split(",") if name]
-    baselines = {name: credit.all_baselines()[name] for name in chosen}
-    if options.weights is not None:
-        baselines["custom"] = Baseline(report.read_json(options.weights))
-    return baselines
-
-
-def chosen_baselines(setup: Setup, options: Options) -> dict[str, Baseline]:
-    """named_baselines, less those whose reward this task cannot give (RCfD without
-    demonstrations)."""
-    baselines = named_baselines(options)
-    for name, baseline in list(baselines.items()):
-        if baseline.training.reward == "rcfd" and setup.rcfd_reward_fn is None:
-            print(f"{name} skipped: RCfD needs a demonstration for every training prompt")
-            del baselines[name]
-    return baselines
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import checks  # noqa: E402
 import language  # noqa: E402
 import parallel  # noqa: E402
 import report  # noqa: E402
@@ -145,7 +146,7 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     if args.smoke:
         out = os.path.join(args.out, "smoke") if args.out == "runs/anchors" else args.out
         vars(args).update(SMOKE, out=out)
-    run.parse_options(run_argv)  # a bad option of run.py: its one line, before any work
+    checks.parse_options(run_argv)  # a bad option of run.py: its one line, before any work
     return args, run_argv
 
 
@@ -154,7 +155,7 @@ def group_options(args, run_argv, group: str, lengths, protocol: dict) -> run.Op
     low, high = (str(n) for n in lengths)
     argv = ["--out", os.path.join(args.out, group), "--reviews", args.reviews]
     argv += ["--min-new-tokens", low, "--max-new-tokens", high, *run_argv]
-    options = replace(run.parse_options(argv), **(protocol | (SMOKE_RUN if args.smoke else {})))
+    options = replace(checks.parse_options(argv), **(protocol | (SMOKE_RUN if args.smoke else {})))
     return replace(options, eval_every=max(1, options.iterations // EVALUATIONS))
 
 

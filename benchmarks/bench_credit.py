@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import coalitions  # noqa: E402
+import estimators  # noqa: E402
 import ppo  # noqa: E402
 import reward_attribution as ra  # noqa: E402
 import sampling  # noqa: E402
@@ -117,7 +118,7 @@ def sample_batch(trainer, tokenizer, prompts):
 def time_update(trainer, rollout) -> float:
     scores = torch.randn(len(rollout.response_ids))  # the update's cost does not depend on the reward
     start = time.perf_counter()
-    trainer.update(rollout, ppo.sparse_token_rewards(scores, rollout.response_mask), scores)
+    trainer.update(rollout, estimators.sparse_token_rewards(scores, rollout.response_mask), scores)
     return time.perf_counter() - start
 
 

@@ -29,6 +29,7 @@ cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
 
 import torch  # noqa: E402
 
+import checks  # noqa: E402
 import language  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
@@ -88,7 +89,7 @@ def main():
         shaping.check_weights(weights)
     except (ValueError, AttributeError) as error:
         parser.error(f"--weights: {error}")
-    options = run.parse_options(["--out", args.out, *run_argv])
+    options = checks.parse_options(["--out", args.out, *run_argv])
     torch.set_num_threads(options.threads)
     setup, start = run.build_setup(options), time.time()
     run.outputs.claim_output_folder(options)

@@ -44,8 +44,8 @@ import bench_anchors as anchors  # noqa: E402  (pins run.py's CPU numerics befor
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import checks  # noqa: E402
 import report  # noqa: E402
-import run  # noqa: E402
 
 ESTIMATORS = {
     "gae-0.95": dict(advantage="gae", lam=0.95),
@@ -92,7 +92,7 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     if args.smoke:
         out = os.path.join(args.out, "smoke") if args.out == "runs/estimators" else args.out
         vars(args).update(SMOKE, out=out)
-    run.parse_options(run_argv)  # a bad option of run.py: its one line, before any work
+    checks.parse_options(run_argv)  # a bad option of run.py: its one line, before any work
     return args, run_argv
 
 

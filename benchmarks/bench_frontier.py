@@ -33,6 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+import checks  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
 import shaping  # noqa: E402
@@ -67,7 +68,7 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
 def main():
     args, run_argv = parse()
     methods = {name: run.credit.all_baselines()[name].weights for name in METHODS} | {"weights": args.weights}
-    options = run.parse_options(["--out", args.out, *run_argv])
+    options = checks.parse_options(["--out", args.out, *run_argv])
     torch.set_num_threads(options.threads)
     setup, start = run.build_setup(options), time.time()
     arms = {}  # (method, kl_coef, seed) -> Arm

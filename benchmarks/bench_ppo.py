@@ -30,6 +30,7 @@ cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
 
 import torch  # noqa: E402
 
+import estimators  # noqa: E402
 import ppo  # noqa: E402
 import sampling  # noqa: E402
 import scoring  # noqa: E402
@@ -93,7 +94,7 @@ def main():
             " " + text for text in tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
         ]
         scores = scoring.score(the_task.reward_model, the_task.reward_tokenizer, prompts, responses)
-        token_rewards = ppo.sparse_token_rewards(scores, rollout.response_mask)
+        token_rewards = estimators.sparse_token_rewards(scores, rollout.response_mask)
         scored = time.perf_counter()
         stats = trainer.update(rollout, token_rewards, scores)
         ppo_seconds = (rolled_out - start) + (time.perf_counter() - scored)

@@ -50,6 +50,7 @@ from transformers import (  # noqa: E402
 )
 
 import coalitions  # noqa: E402
+import estimators  # noqa: E402
 import language  # noqa: E402
 import ppo  # noqa: E402
 import reward_attribution  # noqa: E402
@@ -181,7 +182,7 @@ def main():
             timings[method] = ppo.clock(device) - begin
             rows_per_response.setdefault(method, []).append(rows / args.batch)
         resumed = ppo.clock(device)
-        stats = trainer.update(rollout, ppo.sparse_token_rewards(scores, response_mask), scores)
+        stats = trainer.update(rollout, estimators.sparse_token_rewards(scores, response_mask), scores)
         timings["iteration"] = (rolled_out - start) + (ppo.clock(device) - resumed)
         with trainer.autocast():
             timings["floor"] = floor_seconds(trainer.policy, rollout, config)

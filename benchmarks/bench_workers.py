@@ -25,6 +25,7 @@ import cli  # noqa: E402
 
 cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
 
+import checks  # noqa: E402
 import run  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def wall_seconds(argv: list[str], label: str) -> float:
 
 def main():
     extra = sys.argv[1:]
-    options = run.parse_options(extra)  # checks the options before any timing
+    options = checks.parse_options(extra)  # checks the options before any timing
     print(f"run.py {' '.join(extra)}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     run.build_setup(options)
 

@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 
+import checks
 import coalitions
 import credit
 import language
@@ -31,7 +32,7 @@ def restore_threads():
 def test_a_baseline_trains_on_the_reward_and_kl_its_record_names_whatever_its_name(task_cache, monkeypatch):
     """RCfD's reward and its KL of 0 are data of the Baseline record: another name trains the same way."""
     monkeypatch.setitem(credit.BASELINES, "calibrated", credit.BASELINES["rcfd"])
-    options = run.parse_options(
+    options = checks.parse_options(
         [*SMALL, "--iterations", "1", "--baselines", "calibrated", "--cache-dir", task_cache]
     )
     setup = run.build_setup(options)
@@ -76,7 +77,7 @@ def test_a_credit_method_registered_once_is_a_component_and_a_baseline(tmp_path,
     trials = [json.loads(line) for line in (tmp_path / "trials.jsonl").read_text().splitlines()]
     assert [trial["info"]["arm"] for trial in trials] == ["sparse", "first_token", "trial-2"]
     assert set(trials[2]["weights"]) == {"sparse", "first_token"}  # a weight the BO searches
-    setup = run.build_setup(run.parse_options(["--cache-dir", task_cache]))
+    setup = run.build_setup(checks.parse_options(["--cache-dir", task_cache]))
     enc = setup.tokenizer(setup.task.val_prompts[:4], return_tensors="pt", padding=True)
     pad, eos = setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id
     policy, config = setup.task.policy, setup.ppo_config
@@ -114,7 +115,7 @@ def test_the_library_backends_chosen_on_the_command_line_agree_with_the_batched_
     found = {}
     for backend in ("batched", "library"):
         argv = ["--shap-backend", backend, "--lime-backend", backend, "--cache-dir", task_cache]
-        setup = run.build_setup(run.parse_options(argv))
+        setup = run.build_setup(checks.parse_options(argv))
         assert (setup.attribution.shap_backend, setup.attribution.lime_backend) == (backend, backend)
         setup.attribution = dataclasses.replace(setup.attribution, lime_ridge_alpha=0.0, lime_samples=64)
         enc = setup.tokenizer(setup.task.val_prompts[:4], return_tensors="pt", padding=True)
@@ -145,7 +146,7 @@ def test_the_library_backends_chosen_on_the_command_line_agree_with_the_batched_
 
 
 def test_oracle_components_are_the_truth_completed_to_sum_to_the_reward(task_cache):
-    setup = run.build_setup(run.parse_options(["--cache-dir", task_cache]))
+    setup = run.build_setup(checks.parse_options(["--cache-dir", task_cache]))
     prompts = setup.task.val_prompts[:8]
     enc = setup.tokenizer(prompts, return_tensors="pt", padding=True)
     pad, eos = setup.tokenizer.pad_token_id, setup.tokenizer.eos_token_id

@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+import checks
 import evaluation
 import run
 
@@ -57,7 +58,7 @@ def test_samples_show_every_policy_on_the_same_prompts_and_draws(outputs, task_c
     assert page.count(" | 0.00 |\n| sparse |") == 1 + len(prompts)
     # drawn from the final policy with the run's seed and a generator of their own: drawn again, the same
     torch.set_num_threads(1)
-    setup = run.build_setup(run.parse_options(["--cache-dir", task_cache]))
+    setup = run.build_setup(checks.parse_options(["--cache-dir", task_cache]))
     assert evaluation.samples(setup, trained["sparse"], setup.ppo_config, 0) == arms["sparse"].samples
 
 
@@ -126,7 +127,7 @@ def test_tensorboard_holds_each_arms_curve_at_its_evaluations(outputs):
 def test_tensorboard_missing_fails_in_one_line_before_any_work(monkeypatch, capsys):
     monkeypatch.setattr(run.report, "has_tensorboard", lambda: False)
     with pytest.raises(SystemExit) as exit_info:
-        run.parse_options(["--tensorboard"])
+        checks.parse_options(["--tensorboard"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.endswith(
         "error: --tensorboard needs tensorboard: pip install tensorboard\n"

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+import checks
 import cli
 import outputs
 import parallel
@@ -144,18 +145,18 @@ def test_a_process_pool_trains_the_same_arms_and_a_failing_arm_stops_the_run(
 def test_bad_parallel_options_exit_with_a_clear_message(capsys, monkeypatch, extra, message):
     monkeypatch.setattr(parallel, "has_ray", lambda: False)  # as where ray is not installed
     with pytest.raises(SystemExit) as exit_info:
-        run.parse_options(extra)
+        checks.parse_options(extra)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
 
 
 def test_bo_batch_is_an_experiment_option_and_workers_is_not(tmp_path, capsys):
-    outputs.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))
+    outputs.claim_output_folder(checks.parse_options(["--out", str(tmp_path)]))
     run.report.write_json(str(tmp_path / "arms" / "sparse.json"), {})
-    outputs.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--workers", "3"]))
+    outputs.claim_output_folder(checks.parse_options(["--out", str(tmp_path), "--workers", "3"]))
     older = {k: v for k, v in run.report.read_json(str(tmp_path / "config.json")).items() if k != "bo_batch"}
     run.report.write_json(str(tmp_path / "config.json"), older)  # a folder from before --bo-batch existed
-    outputs.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))  # it ran with batches of 1
+    outputs.claim_output_folder(checks.parse_options(["--out", str(tmp_path)]))  # it ran with batches of 1
     with pytest.raises(SystemExit) as exit_info:
-        outputs.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--bo-batch", "4"]))
+        outputs.claim_output_folder(checks.parse_options(["--out", str(tmp_path), "--bo-batch", "4"]))
     assert exit_info.value.code == 2 and "other options {'bo_batch': (1, 4)}" in capsys.readouterr().err

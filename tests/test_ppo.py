@@ -8,28 +8,15 @@ import torch
 from test_sampling import EOS, PAD, PROMPTS, left_pad, tiny_gpt2, uniform_model
 from transformers import GPT2LMHeadModel
 
+import estimators
 import ppo
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def test_gae_hand_worked_with_masking():
-    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.5, -1.0, 7.0]])  # 7 and 9 sit on a pad
-    values = torch.tensor([[0.5, 0.2, 0.4], [0.3, -0.2, 9.0]])
-    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
-    advantages, returns = ppo.gae(rewards, values, mask, gamma=0.9, lam=0.5)
-    # Row 0: delta = (-0.32, 0.16, 0.6); A2 = 0.6, A1 = 0.16 + 0.45 * 0.6, A0 = -0.32 + 0.45 * 0.43.
-    # Row 1 ends at t=1 (V after it is 0): delta = (0.02, -0.8); A0 = 0.02 + 0.45 * (-0.8).
-    torch.testing.assert_close(advantages, torch.tensor([[-0.1265, 0.43, 0.6], [-0.34, -0.8, 0.0]]))
-    torch.testing.assert_close(returns, torch.tensor([[0.3735, 0.63, 1.0], [-0.04, -1.0, 0.0]]))
-    # gamma = lam = 1: the return is the Monte-Carlo reward-to-go, whatever the values.
-    _, returns = ppo.gae(rewards, values, mask, gamma=1.0, lam=1.0)
-    torch.testing.assert_close(returns, torch.tensor([[1.0, 1.0, 1.0], [-0.5, -1.0, 0.0]]))
-
-
 def test_sparse_score_lands_on_last_real_token():
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
-    rewards = ppo.sparse_token_rewards(torch.tensor([2.0, -3.0, 0.5]), mask)
+    rewards = estimators.sparse_token_rewards(torch.tensor([2.0, -3.0, 0.5]), mask)
     assert torch.equal(rewards, torch.tensor([[0, 0, 2.0, 0, 0], [0, 0, 0, 0, -3.0], [0.5, 0, 0, 0, 0]]))
     # Sampled responses that stop at EOS (and ones cut at max_new_tokens).
     trainer = ppo.PPOTrainer(
@@ -37,26 +24,14 @@ def test_sparse_score_lands_on_last_real_token():
     )
     response_ids, mask = trainer.generate(*left_pad(PROMPTS * 10))
     scores = torch.arange(1, 31, dtype=torch.float32)
-    rewards = ppo.sparse_token_rewards(scores, mask)
+    rewards = estimators.sparse_token_rewards(scores, mask)
     last = mask.sum(1) - 1
     assert torch.equal(rewards[torch.arange(30), last], scores)
     assert torch.equal(rewards.sum(1), scores) and (rewards[mask == 0] == 0).all()
     stopped = last < 5
     assert stopped.any() and (response_ids[stopped, last[stopped]] == EOS).all()
     with pytest.raises(ValueError, match="scores of shape"):
-        ppo.sparse_token_rewards(torch.ones(3), mask)
-
-
-def test_masked_whiten_ignores_pads():
-    x = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, -50.0, -50.0, -50.0]])
-    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
-    real = np.array([1.0, 2.0, 3.0, 4.0])
-    expected = (real - real.mean()) / np.sqrt(real.var() + 1e-8)
-    whitened = ppo.masked_whiten(x, mask)
-    np.testing.assert_allclose(whitened[mask.bool()].numpy(), expected, atol=1e-6)
-    assert (whitened[mask == 0] == 0).all()
-    torch.testing.assert_close(ppo.masked_whiten(x * mask, mask), whitened)
-    assert ppo.masked_mean(x, mask).item() == pytest.approx(2.5)
+        estimators.sparse_token_rewards(torch.ones(3), mask)
 
 
 def test_first_ratio_is_one_and_adaptive_kl_controller():
@@ -69,7 +44,7 @@ def test_first_ratio_is_one_and_adaptive_kl_controller():
     prompt_ids, prompt_mask = left_pad(PROMPTS * 4)
     first = trainer.rollout(prompt_ids, prompt_mask)
     torch.testing.assert_close(first.logprobs, first.ref_logprobs)  # reference = initial policy
-    rewards = ppo.sparse_token_rewards(torch.randn(12), first.response_mask)
+    rewards = estimators.sparse_token_rewards(torch.randn(12), first.response_mask)
     stats = trainer.update(first, rewards)
     assert stats["first_ratio_error"] < 1e-6 and stats["kl"] == 0.0
     assert stats["approx_kl"] > 0  # later minibatches did move the policy
@@ -94,7 +69,9 @@ def test_rollout_and_update_create_tensors_on_the_input_device():
     with torch.device("meta"):
         rollout = trainer.rollout(prompt_ids, prompt_mask)
         scores = rollout.response_mask.sum(1).float()
-        stats = trainer.update(rollout, ppo.sparse_token_rewards(scores, rollout.response_mask), scores)
+        stats = trainer.update(
+            rollout, estimators.sparse_token_rewards(scores, rollout.response_mask), scores
+        )
         response_ids, _ = trainer.generate(prompt_ids, prompt_mask)
     assert rollout.values.device.type == "cpu" and response_ids.device.type == "cpu"
     assert all(np.isfinite(value) for value in stats.values())
@@ -136,60 +113,12 @@ def test_a_shared_reference_stays_trainable_for_the_next_run():
     before = [p.detach().clone() for p in second.policy.parameters()]
     rollout = second.rollout(*left_pad(PROMPTS[:2] * 2))
     second.update(
-        rollout, ppo.sparse_token_rewards(torch.tensor([1.0, -1.0, 1.0, -1.0]), rollout.response_mask)
+        rollout, estimators.sparse_token_rewards(torch.tensor([1.0, -1.0, 1.0, -1.0]), rollout.response_mask)
     )
     assert any(not torch.equal(a, b) for a, b in zip(before, second.policy.parameters()))
 
 
 # Two responses to each of two prompts (G = 2), lengths 3, 2, 1, 3; 7s sit on pads.
-GROUP_REWARDS = torch.tensor([[0.5, 0.0, 1.0], [2.0, -1.0, 7.0], [3.0, 7.0, 7.0], [0.0, 0.0, -2.0]])
-GROUP_MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
-
-
-def test_reward_to_go_and_leave_one_out_hand_worked():
-    to_go = ppo.reward_to_go(GROUP_REWARDS, GROUP_MASK, gamma=1.0)
-    expected = torch.tensor([[1.5, 1.0, 1.0], [1.0, -1.0, 0.0], [3.0, 0.0, 0.0], [-2.0, -2.0, -2.0]])
-    torch.testing.assert_close(to_go, expected)
-    # gamma = 0.5, row 0: G2 = 1, G1 = 0 + 0.5, G0 = 0.5 + 0.25.
-    torch.testing.assert_close(
-        ppo.reward_to_go(GROUP_REWARDS, GROUP_MASK, 0.5)[0], torch.tensor([0.75, 0.5, 1])
-    )
-    # Returns 1.5, 1.0 | 3.0, -2.0: each response's baseline is the other one's return.
-    advantages = ppo.leave_one_out(to_go, GROUP_MASK, group_size=2)
-    expected = torch.tensor([[0.5, 0.0, 0.0], [-0.5, -2.5, 0.0], [5.0, 0.0, 0.0], [-5.0, -5.0, -5.0]])
-    torch.testing.assert_close(advantages, expected)
-
-
-def test_group_estimator_gives_sparse_credit_rloos_outcome_advantage():
-    scores = torch.tensor([1.0, 4.0, -2.0, 0.5, 3.0, 3.0])  # two prompts, G = 3
-    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]])
-    rewards = ppo.sparse_token_rewards(scores, mask)
-    config = ppo.PPOConfig(advantage="group", group_size=3, whiten_advantages=False, device="cpu")
-    advantages, returns = ppo.estimate_advantages(config, rewards, None, mask.float())
-    groups = scores.view(2, 3)
-    rloo = groups - (groups.sum(1, keepdim=True) - groups) / 2  # R_i - mean_{j != i} R_j
-    verl = (groups - groups.mean(1, keepdim=True)) * 3 / 2  # verl's RLOO: G/(G-1) (R_i - mean_j R_j)
-    torch.testing.assert_close(rloo, verl)
-    torch.testing.assert_close(advantages, rloo.reshape(-1, 1) * mask)
-    assert returns is None  # critic-free: no value loss
-
-
-def test_reinforce_pp_whitens_the_return_over_the_batch():
-    scores = torch.tensor([1.0, 4.0, -2.0])
-    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]]).float()
-    rewards = ppo.sparse_token_rewards(scores, mask)
-    config = ppo.PPOConfig(advantage="reinforce++", whiten_advantages=False, device="cpu")
-    advantages, _ = ppo.estimate_advantages(config, rewards, None, mask)
-    # Sparse credit: the reward-to-go of every real token is the response's return R.
-    torch.testing.assert_close(ppo.reward_to_go(rewards, mask, 1.0), scores[:, None] * mask)
-    real = np.array([1.0, 1.0, 4.0, 4.0, 4.0, -2.0])  # R over the 6 real tokens
-    expected = (real - real.mean()) / np.sqrt(real.var() + 1e-8)
-    np.testing.assert_allclose(advantages[mask.bool()].numpy(), expected, atol=1e-6)
-    # Dense credit is no longer summed: a token is credited only with what came after it.
-    dense = torch.tensor([[3.0, -2.0, 0.0], [1.0, 1.0, 2.0], [-2.0, 0.0, 0.0]])
-    torch.testing.assert_close(ppo.reward_to_go(dense, mask, 1.0)[:, 1], torch.tensor([-2.0, 3.0, 0.0]))
-
-
 def test_a_critic_free_trainer_has_no_value_head_and_answers_each_prompt_g_times():
     config = ppo.PPOConfig(advantage="group", group_size=3, minibatch_size=3, max_new_tokens=5, device="cpu")
     policy = tiny_gpt2()
@@ -203,7 +132,7 @@ def test_a_critic_free_trainer_has_no_value_head_and_answers_each_prompt_g_times
     expected = prompt_ids.repeat_interleave(3, dim=0)  # rows 0-2 answer prompt 0, rows 3-5 prompt 1
     assert torch.equal(rollout.prompt_ids, expected)
     scores = torch.arange(6.0)
-    stats = trainer.update(rollout, ppo.sparse_token_rewards(scores, rollout.response_mask), scores)
+    stats = trainer.update(rollout, estimators.sparse_token_rewards(scores, rollout.response_mask), scores)
     assert "value_loss" not in stats and "explained_variance" not in stats
     assert stats["first_ratio_error"] < 1e-6
 
@@ -215,7 +144,7 @@ def test_minibatch_of_one_takes_batch_times_epochs_optimizer_steps():
     step = trainer.optimizer.step
     trainer.optimizer.step = lambda: steps.append(step())
     rollout = trainer.rollout(*left_pad(PROMPTS * 2))  # B = 6
-    trainer.update(rollout, ppo.sparse_token_rewards(torch.ones(6), rollout.response_mask))
+    trainer.update(rollout, estimators.sparse_token_rewards(torch.ones(6), rollout.response_mask))
     assert len(steps) == 6 * 2
 
 

@@ -11,6 +11,7 @@ from dataclasses import fields
 import pytest
 import torch
 
+import checks
 import cli
 import language
 import numerics
@@ -39,7 +40,7 @@ def test_quick_run_writes_every_artifact(tmp_path, task_cache, capsys):
         in capsys.readouterr().out
     )
     arms = set(result["arms"])
-    assert set(run.arm_names(run.parse_options(["--quick"]))) == arms  # what --save-policy may name
+    assert set(checks.arm_names(checks.parse_options(["--quick"]))) == arms  # what --save-policy may name
     # BO trials are named by their line in trials.jsonl, after the 4 baselines told first
     default_baselines = set(run.Options.baselines.split(","))  # the oracles run only when asked
     assert default_baselines | {"trial-4", "trial-5", "bo-best-seed1", "sparse-seed1"} == arms
@@ -148,7 +149,7 @@ def test_interrupted_run_resumes_without_repeating_finished_work(tmp_path, task_
 def test_a_resumed_folder_trained_under_other_numerics_warns_in_one_line(tmp_path, capsys):
     """The finished arms of the folder were trained under another fingerprint: one warning line before
     the resume, and config.json then holds this process's fingerprint."""
-    options = run.parse_options(["--out", str(tmp_path)])
+    options = checks.parse_options(["--out", str(tmp_path)])
     other = {"mode": "reproducible", "id": "00000000", "classes": {"matmul": "000000"}, "versions": {}}
     (tmp_path / "arms").mkdir()
     (tmp_path / "arms" / "sparse.json").write_text("{}")
@@ -191,22 +192,22 @@ def test_bad_options_exit_with_a_clear_message(tmp_path, capsys, extra, message)
     weights = tmp_path / "weights.json"
     weights.write_text(json.dumps({"sparse": 0.7, "shap": 0.7}))
     with pytest.raises(SystemExit) as exit_info:
-        run.parse_options([e.replace("WEIGHTS", str(weights)) for e in extra])
+        checks.parse_options([e.replace("WEIGHTS", str(weights)) for e in extra])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
 
 def test_a_folder_holding_a_run_with_other_training_options_is_refused(tmp_path, capsys):
-    outputs.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))
+    outputs.claim_output_folder(checks.parse_options(["--out", str(tmp_path)]))
     # a config but no finished arm (a start that failed early): new options are welcome
-    outputs.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--learning-rate", "3e-4"]))
-    outputs.claim_output_folder(run.parse_options(["--out", str(tmp_path)]))
+    outputs.claim_output_folder(checks.parse_options(["--out", str(tmp_path), "--learning-rate", "3e-4"]))
+    outputs.claim_output_folder(checks.parse_options(["--out", str(tmp_path)]))
     run.report.write_json(str(tmp_path / "arms" / "sparse.json"), {})
     outputs.claim_output_folder(
-        run.parse_options(["--out", str(tmp_path), "--threads", "1"])
+        checks.parse_options(["--out", str(tmp_path), "--threads", "1"])
     )  # not the experiment
     with pytest.raises(SystemExit) as exit_info:  # its finished arms were trained otherwise
-        outputs.claim_output_folder(run.parse_options(["--out", str(tmp_path), "--learning-rate", "1e-4"]))
+        outputs.claim_output_folder(checks.parse_options(["--out", str(tmp_path), "--learning-rate", "1e-4"]))
     assert exit_info.value.code == 2
     assert "other options {'learning_rate': (0.0002, 0.0001)}" in capsys.readouterr().err
 
@@ -238,7 +239,7 @@ def test_a_response_longer_than_the_models_hold_fails_in_one_line_and_claims_no_
 
 def test_oracle_credit_is_refused_on_a_real_model_pair(capsys):
     with pytest.raises(SystemExit):
-        run.parse_options(["--baselines", "sparse,true_shapley", "--policy", "gpt2"])
+        checks.parse_options(["--baselines", "sparse,true_shapley", "--policy", "gpt2"])
     assert "credit ['true_shapley'] is the embedded task's truth" in capsys.readouterr().err
 
 
@@ -288,14 +289,14 @@ def test_a_nan_reward_stops_the_run_naming_the_arm_and_writes_no_nan(tmp_path, t
 
 
 def test_quick_run_has_a_folder_of_its_own():
-    assert run.parse_options(["--quick"]).out == "runs/quick"
-    assert run.parse_options(["--quick", "--out", "elsewhere"]).out == "elsewhere"
-    assert run.parse_options([]).out == "runs/default"
+    assert checks.parse_options(["--quick"]).out == "runs/quick"
+    assert checks.parse_options(["--quick", "--out", "elsewhere"]).out == "elsewhere"
+    assert checks.parse_options([]).out == "runs/default"
 
 
 def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit):
-        run.parse_options(["--help"])
+        checks.parse_options(["--help"])
     text = capsys.readouterr().out
     assert all("--" + f.replace("_", "-") in text for f in run.Options.__dataclass_fields__)
 
@@ -307,7 +308,7 @@ def test_every_ppo_setting_is_a_flag_with_the_dataclass_default_and_reaches_the_
     assert flags == ppo_fields
     help_of = {f.name: f.metadata["help"] for f in fields(run.Options)}
     assert all(help_of[name] for name in ppo_fields)  # each with its docstring
-    options = run.parse_options(["--lam", "1", "--minibatch-size", "1", "--no-whiten-advantages"])
+    options = checks.parse_options(["--lam", "1", "--minibatch-size", "1", "--no-whiten-advantages"])
     config = run.ppo.PPOConfig(**{name: getattr(options, name) for name in run.cli.PPO_OPTIONS})
     assert (config.lam, config.minibatch_size, config.whiten_advantages) == (1.0, 1, False)
 
