@@ -43,9 +43,12 @@ CACHE_VERSION = 6  # bump when the generator or the training recipe changes
 
 
 # ---- Tokenizers: word level, whitespace split (so offsets exist), one shared vocabulary ----
-def make_tokenizer(first_token: str, padding_side: str) -> transformers.PreTrainedTokenizerFast:
-    """A word-level tokenizer that puts `first_token` ([BOS] policy, [CLS] RM) in front."""
-    vocab = {word: i for i, word in enumerate(VOCABULARY)}
+def make_tokenizer(
+    first_token: str, padding_side: str, words: list[str] = VOCABULARY
+) -> transformers.PreTrainedTokenizerFast:
+    """A word-level tokenizer of `words` (the special tokens first) that puts `first_token`
+    ([BOS] policy, [CLS] RM) in front."""
+    vocab = {word: i for i, word in enumerate(words)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.post_processor = processors.TemplateProcessing(

@@ -40,7 +40,6 @@ cli.pin_numerics()  # run.py's CPU numerics, before torch and numpy load
 
 import torch  # noqa: E402
 from bench_ppo import floor_seconds  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402
 from transformers import (  # noqa: E402
     DistilBertConfig,
     DistilBertForSequenceClassification,
@@ -67,21 +66,7 @@ SIZES = {  # (layers, width, heads) of the policy and of the RM
 def padded_tokenizer(vocab_size: int, first_token: str, padding_side: str) -> PreTrainedTokenizerFast:
     """task.make_tokenizer's word-level tokenizer, its vocabulary padded with `w<i>` to vocab_size."""
     words = language.VOCABULARY + [f"w{i}" for i in range(vocab_size - len(language.VOCABULARY))]
-    vocab = {word: i for i, word in enumerate(words)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{first_token} $A", special_tokens=[(first_token, vocab[first_token])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        bos_token="[BOS]",
-        eos_token="[EOS]",
-        cls_token="[CLS]",
-        padding_side=padding_side,
-    )
+    return task.make_tokenizer(first_token, padding_side, words)
 
 
 def build_models(size: str, device: torch.device):
@@ -169,16 +154,9 @@ def main():
         timings = {"reward": scored - rolled_out}
         for method in reward_attribution.METHODS:
             begin = ppo.clock(device)
-            _, rows = reward_attribution.attribute(
-                method,
-                tokenizer,
-                prompt_ids,
-                response_ids,
-                response_mask,
-                reward_fn,
-                reward_model=reward_model,
-                reward_tokenizer=rm_tokenizer,
-            )
+            batch = (tokenizer, prompt_ids, response_ids, response_mask, reward_fn)
+            rm = dict(reward_model=reward_model, reward_tokenizer=rm_tokenizer)
+            _, rows = reward_attribution.attribute(method, *batch, **rm)
             timings[method] = ppo.clock(device) - begin
             rows_per_response.setdefault(method, []).append(rows / args.batch)
         resumed = ppo.clock(device)

@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerFast
 
 import coalitions
 import reward_attribution as ra
+import task
 
 SPECIAL = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[CLS]"]
 VALUES = {
@@ -32,21 +33,8 @@ RESPONSES = ["was not great but the acting was superb .", "dull .", "not bad but
 
 
 def word_tokenizer(first_token: str = "[BOS]") -> PreTrainedTokenizerFast:
-    vocab = {word: i for i, word in enumerate(SPECIAL + list(VALUES))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{first_token} $A", special_tokens=[(first_token, vocab[first_token])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        bos_token="[BOS]",
-        eos_token="[EOS]",
-        cls_token="[CLS]",
-        padding_side="left",
-    )
+    """The embedded task's kind of tokenizer, over the words of VALUES."""
+    return task.make_tokenizer(first_token, "left", SPECIAL + list(VALUES))
 
 
 def bpe_tokenizer() -> PreTrainedTokenizerFast:
