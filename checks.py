@@ -45,22 +45,22 @@ def parse_options(argv=None) -> Options:
     for name in options.components.split(","):
         if name not in known:
             parser.error(f"unknown credit component {name!r} in --components; expected {known}")
+    registered = credit.all_baselines()
     for name in options.baselines.split(","):
-        if name and name not in credit.all_baselines():
-            expected = tuple(credit.all_baselines())
+        if name and name not in registered:
+            expected = tuple(registered)
             parser.error(f"unknown baseline {name!r} in --baselines; expected some of {expected}")
     for path, what in [(options.prompts, "--prompts"), (options.weights, "--weights")]:
         if path is not None and not os.path.isfile(path):
             parser.error(f"{what} file {path!r} does not exist")
-    chosen = [n for n in options.baselines.split(",") if n]
-    weights = [credit.all_baselines()[name].weights for name in chosen]
-    if options.weights is not None:
-        try:
-            weights.append(report.read_json(options.weights))
-            shaping.check_weights(weights[-1], known)
-        except (ValueError, AttributeError) as error:
-            parser.error(f"--weights file {options.weights!r}: {error}")
-    named = {*options.components.split(","), *(c for w in weights for c in w)}
+    try:
+        baselines = named_baselines(options)  # --weights' read as 'custom'
+        if options.weights is not None:
+            shaping.check_weights(baselines["custom"].weights, known)
+    except (ValueError, AttributeError) as error:
+        parser.error(f"--weights file {options.weights!r}: {error}")
+    weighted = (c for b in baselines.values() for c in b.weights)
+    named = {*options.components.split(","), *weighted}
     real_pair = (options.policy, options.reward_model, options.prompts) != (None,) * 3
     if (oracles := sorted(named & credit.oracles())) and real_pair:
         parser.error(f"credit {oracles} is the embedded task's truth: a real model pair has none")

@@ -58,6 +58,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import checks  # noqa: E402
+import credit  # noqa: E402
 import language  # noqa: E402
 import parallel  # noqa: E402
 import report  # noqa: E402
@@ -209,8 +210,8 @@ def train_cells(args, run_argv, group: str, lengths, protocol: dict, methods, se
         check_task(setup, options)
     batch = [
         (
-            run.Arm(f"{m}-seed{s}", "baseline", m, run.credit.all_baselines()[m].weights, s, options.kl_coef),
-            run.ON_THE_RM,
+            run.Arm(f"{m}-seed{s}", "baseline", m, credit.all_baselines()[m].weights, s, options.kl_coef),
+            credit.ON_THE_RM,
         )
         for m in methods
         for s in range(1, seeds + 1)

@@ -30,6 +30,7 @@ cli.pin_numerics()  # run.py's CPU numerics (--numerics), before torch loads
 import torch  # noqa: E402
 
 import checks  # noqa: E402
+import credit  # noqa: E402
 import language  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
@@ -108,11 +109,11 @@ def main():
 
     run.ppo.PPOTrainer, run.evaluation.evaluate = build_and_keep, evaluate_and_keep
     sparse_arm = run.Arm("sparse", "baseline", "sparse", {"sparse": 1.0}, args.seed, options.kl_coef)
-    sparse = run.train_arm(sparse_arm, run.ON_THE_RM, setup, options)
+    sparse = run.train_arm(sparse_arm, credit.ON_THE_RM, setup, options)
     sparse_trainer = trainers[-1]
     kept.clear()
     dense_arm = run.Arm("dense", "baseline", "dense", weights, args.seed, options.kl_coef)
-    dense = run.train_arm(dense_arm, run.ON_THE_RM, setup, options)
+    dense = run.train_arm(dense_arm, credit.ON_THE_RM, setup, options)
     kl, matched_policy = min(kept, key=lambda point: abs(point[0] - sparse.final_kl))
 
     prompts = setup.task.val_prompts

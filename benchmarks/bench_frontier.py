@@ -34,6 +34,7 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 import checks  # noqa: E402
+import credit  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
 import shaping  # noqa: E402
@@ -67,7 +68,7 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
 
 def main():
     args, run_argv = parse()
-    methods = {name: run.credit.all_baselines()[name].weights for name in METHODS} | {"weights": args.weights}
+    methods = {name: credit.all_baselines()[name].weights for name in METHODS} | {"weights": args.weights}
     options = checks.parse_options(["--out", args.out, *run_argv])
     torch.set_num_threads(options.threads)
     setup, start = run.build_setup(options), time.time()
@@ -81,7 +82,7 @@ def main():
         setup.ppo_config = replace(setup.ppo_config, kl_coef=kl_coef)
         arm = run.Arm(f"{method}-seed{seed}", "baseline", method, methods[method], seed, kl_coef=kl_coef)
         finished = run.outputs.finished_arm(arm, folder)  # an interrupted sweep's arm file
-        arms[method, kl_coef, seed] = finished or run.train_arm(arm, run.ON_THE_RM, setup, folder)
+        arms[method, kl_coef, seed] = finished or run.train_arm(arm, credit.ON_THE_RM, setup, folder)
 
     print(f"\n{len(arms)} arms, {options.iterations} iterations each; {time.time() - start:.0f} s")
     print("\nfinal held-out reward and KL, mean ± 95% interval over seeds")
