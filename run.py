@@ -107,7 +107,8 @@ def build_setup(options: Options) -> Setup:
     sized = None  # the sized reviews' lengths follow the response lengths
     if options.reviews == "sized":
         sized = (options.min_new_tokens, options.max_new_tokens)
-    the_task = task.build_task(task.TaskConfig(**located, response_tokens=sized))
+    processes = min(2, options.workers)  # the embedded task's two models train side by side
+    the_task = task.build_task(task.TaskConfig(**located, response_tokens=sized, build_processes=processes))
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = auto if options.device == "auto" else options.device
     the_task.reward_model.to(device)

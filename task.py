@@ -14,8 +14,10 @@ Built models are cached by settings and read back by `from_pretrained`, which al
 name or a local path: a real setup (a GPT-2 policy, a DistilBERT IMDb RM) is one option away.
 """
 
+import concurrent.futures
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -74,6 +76,7 @@ class TaskConfig:
     rm_mask_prob: float = 0.15  # probability that a word is replaced by [UNK] while training the RM
     sft_steps: int = 300  # SFT optimiser steps of one run (batch 64 reviews, or as many words)
     sft_runs: int = 3  # at most this many SFT runs, until the policy ends reviews where they end
+    build_processes: int = 1  # 2: the policy trains in a process of its own beside the RM (same models)
     val_fraction: float = 0.1  # share of a prompts file held out for evaluation
     response_tokens: tuple[int, int] | None = None  # None: one-sentence reviews (the default task); (lo, hi):
     # reviews of several sentences whose responses to a 2-4 word prompt hold lo..hi tokens with EOS
@@ -109,10 +112,25 @@ class Task:
 
 
 # ---- Training the two embedded models -------------------------------------------------
-def train_reward_model(reviews: list[list[str]], tokenizer, config: TaskConfig, rng) -> torch.nn.Module:
-    """A tiny BERT classifier whose margin `logit_pos - logit_neg` is regressed (MSE) onto the sentiment
-    of what stays visible of randomly [UNK]-masked reviews (`review_value`): a graded reward whose sign
-    is the label (cross-entropy learns the sign far slower at this size)."""
+def reward_model_batches(reviews: list[list[str]], config: TaskConfig, rng) -> list[tuple]:
+    """The RM's training data, one (texts, values) pair a step: reviews with words randomly [UNK]-masked,
+    each valued by what stays visible (`review_value`). Drawn before any training, so that the policy's
+    data, drawn next from the same `rng`, is known before the RM trains (and both can train at once)."""
+    sized = config.response_tokens is not None
+    batches = []
+    for _ in range(config.sized_rm_steps if sized else config.rm_steps):
+        batch = rng.sample(reviews, config.batch(128))
+        if sized:  # as many one-sentence reviews: where each word's and each `not`'s signal is strong
+            batch += [random_review(rng) for _ in batch]
+        visible = [[rng.random() >= config.rm_mask_prob for _ in words] for words in batch]
+        texts = [" ".join(w if v else "[UNK]" for w, v in zip(*pair)) for pair in zip(batch, visible)]
+        values = torch.tensor([review_value(w, v) for w, v in zip(batch, visible)]).float()  # (B,)
+        batches.append((texts, values))
+    return batches
+
+
+def make_reward_model(config: TaskConfig) -> torch.nn.Module:
+    """A tiny BERT classifier, freshly initialised (from torch's global generator)."""
     size = dict(
         vocab_size=len(VOCABULARY), max_position_embeddings=config.positions(), pad_token_id=0, num_labels=2
     )
@@ -120,21 +138,20 @@ def train_reward_model(reviews: list[list[str]], tokenizer, config: TaskConfig, 
     labels = dict(id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
     plain = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation="eager")
     bert = transformers.BertConfig(**size, **layers, **labels, **plain)
-    model = transformers.BertForSequenceClassification(bert)
+    return transformers.BertForSequenceClassification(bert)
+
+
+def train_reward_model(model, batches, tokenizer, config: TaskConfig) -> torch.nn.Module:
+    """Regress the margin `logit_pos - logit_neg` (MSE) onto each masked review's value: a graded reward
+    whose sign is the label (cross-entropy learns the sign far slower at this size)."""
     sized = config.response_tokens is not None
-    steps, lr = (config.sized_rm_steps, 3e-3) if sized else (config.rm_steps, 5e-3)
+    lr = 3e-3 if sized else 5e-3
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=len(batches))
     model.train()
-    for _ in range(steps):
-        batch = rng.sample(reviews, config.batch(128))
-        if sized:  # as many one-sentence reviews: where each word's and each `not`'s signal is strong
-            batch += [random_review(rng) for _ in batch]
-        visible = [[rng.random() >= config.rm_mask_prob for _ in words] for words in batch]
-        texts = [" ".join(w if v else "[UNK]" for w, v in zip(*pair)) for pair in zip(batch, visible)]
-        target = torch.tensor([review_value(w, v) for w, v in zip(batch, visible)]).float()
+    for texts, values in batches:
         logits = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits  # (B, 2)
-        loss = F.mse_loss(logits[:, 1] - logits[:, 0], target)
+        loss = F.mse_loss(logits[:, 1] - logits[:, 0], values)
         optimizer.zero_grad()
         loss.backward()
         if sized:  # long sequences: without the clip the updates diverge
@@ -168,6 +185,16 @@ def train_policy(reviews: list[list[str]], tokenizer, config: TaskConfig, rng) -
         if ends_reviews(model.eval(), encoded[:64], tokenizer) >= 0.5:
             break
     return model.eval()
+
+
+def train_policy_from(reviews: list[list[str]], tokenizer, config: TaskConfig, rng_state, torch_state):
+    """`train_policy` from the states of both generators, in this process or another: (policy, the
+    rng's state after it). The weights are the same either way, bit for bit."""
+    torch.set_num_threads(1)
+    torch.set_rng_state(torch_state)  # the GPT-2's initial weights
+    rng = random.Random()
+    rng.setstate(rng_state)  # its batches
+    return train_policy(reviews, tokenizer, config, rng), rng.getstate()
 
 
 def padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,7 +236,7 @@ def make_prompts(n: int, rng: random.Random, length=None) -> tuple[list[str], di
 def cache_folder(config: TaskConfig) -> str:
     """The folder of the task these settings build, with these CPU kernels: torch's capability, MKL's and
     oneDNN's code paths (training on other kernels builds other last bits, so another task)."""
-    ignored = ("cache_dir", "policy", "reward_model", "prompts")  # not part of what is built
+    ignored = ("cache_dir", "policy", "reward_model", "prompts", "build_processes")  # not what is built
     settings = {k: v for k, v in asdict(config).items() if k not in ignored}
     paths = [os.environ.get(name) for name in ("MKL_CBWR", "ONEDNN_MAX_CPU_ISA")]
     kernels = [torch.backends.cpu.get_cpu_capability(), *paths]
@@ -228,8 +255,19 @@ def build_embedded(folder: str, config: TaskConfig) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        reward_model = train_reward_model(reviews, reward_tokenizer, config, rng)
-        policy = train_policy(reviews, policy_tokenizer, config, rng)
+        reward_model = make_reward_model(config)  # torch's generator: the RM's weights, then the policy's
+        batches = reward_model_batches(reviews, config, rng)
+        policy_job = (reviews, policy_tokenizer, config, rng.getstate(), torch.get_rng_state())
+        if config.build_processes > 1:  # the policy trains in a second process while the RM trains here
+            spawn = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                policy_run = pool.submit(train_policy_from, *policy_job)
+                reward_model = train_reward_model(reward_model, batches, reward_tokenizer, config)
+                policy, rng_state = policy_run.result()
+        else:
+            reward_model = train_reward_model(reward_model, batches, reward_tokenizer, config)
+            policy, rng_state = train_policy_from(*policy_job)
+        rng.setstate(rng_state)  # the prompts are drawn after both trainings' data
     finally:
         torch.set_num_threads(threads)
     n_prompts = config.n_train_prompts + config.n_val_prompts

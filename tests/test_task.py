@@ -125,13 +125,26 @@ def test_same_seed_same_weights_and_cache_reload(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert seen_threads == [1]
-    for a, b in [(first.policy, second.policy), (first.reward_model, second.reward_model)]:
-        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-            assert torch.equal(x, y), name
-    assert first.val_prompts == second.val_prompts
+    assert_same_task(first, second)
     other_seed = task.build_task(task.TaskConfig(cache_dir=str(tmp_path / "a"), seed=1, **SMALL))
     assert not torch.equal(other_seed.policy.transformer.wte.weight, first.policy.transformer.wte.weight)
     assert len(os.listdir(tmp_path / "a")) == 2  # one folder per setting, nothing half-written
+
+
+def test_the_policy_trained_in_a_second_process_is_the_one_trained_here(tmp_path):
+    # The child gets the generators' states after the RM's weights and data: the same draws.
+    here = task.build_task(task.TaskConfig(cache_dir=str(tmp_path / "a"), **SMALL))
+    beside = task.build_task(task.TaskConfig(cache_dir=str(tmp_path / "b"), build_processes=2, **SMALL))
+    assert_same_task(here, beside)
+
+
+def assert_same_task(first: task.Task, second: task.Task) -> None:
+    """Both models equal bit for bit, and the prompts drawn after them."""
+    for a, b in [(first.policy, second.policy), (first.reward_model, second.reward_model)]:
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), name
+    assert (first.train_prompts, first.val_prompts) == (second.train_prompts, second.val_prompts)
+    assert first.demonstrations == second.demonstrations
 
 
 def test_save_pretrained_round_trip_through_the_real_loader(tmp_path, embedded_task):
