@@ -353,7 +353,7 @@ def main(argv=None) -> dict:
         fail(f"--numerics {options.numerics}: torch loaded before its settings; run run.py as a script")
     torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
-    print(f"building the task (embedded: about 2 minutes the first time, cached in {options.cache_dir})")
+    print(f"building the task (embedded: 2 to 3 minutes the first time, cached in {options.cache_dir})")
     try:
         setup = build_setup(options)
     except ValueError as error:  # a model or prompts file that cannot load: one line
