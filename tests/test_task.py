@@ -1,5 +1,6 @@
 """The embedded task: tokenizer, ground truth, reward model, SFT policy, cache and loaders."""
 
+import concurrent.futures
 import os
 import random
 
@@ -131,10 +132,19 @@ def test_same_seed_same_weights_and_cache_reload(tmp_path, monkeypatch):
     assert len(os.listdir(tmp_path / "a")) == 2  # one folder per setting, nothing half-written
 
 
-def test_the_policy_trained_in_a_second_process_is_the_one_trained_here(tmp_path):
+def test_the_policy_trained_in_a_second_process_is_the_one_trained_here(tmp_path, monkeypatch):
     # The child gets the generators' states after the RM's weights and data: the same draws.
+    submitted = []
+
+    class Pool(concurrent.futures.ProcessPoolExecutor):  # records what goes to another process
+        def submit(self, fn, *args):
+            submitted.append(fn.__name__)
+            return super().submit(fn, *args)
+
     here = task.build_task(task.TaskConfig(cache_dir=str(tmp_path / "a"), **SMALL))
+    monkeypatch.setattr(task.concurrent.futures, "ProcessPoolExecutor", Pool)
     beside = task.build_task(task.TaskConfig(cache_dir=str(tmp_path / "b"), build_processes=2, **SMALL))
+    assert submitted == ["train_policy_from"]
     assert_same_task(here, beside)
 
 
